@@ -1,0 +1,101 @@
+"""The `rl` command: one typer app, one module per command, one error boundary.
+
+Heavy libraries (torch, torchvision, fvcore) are imported inside the commands that need them, so that `rl --help`,
+`rl --version`, `rl models` and shell completion start instantly.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from rlcli import __version__
+from rlcli.cli import _common, models, summary
+
+HELP = """Inspect and run the classic networks of a deep-learning reading list.
+
+Examples:
+
+\b
+  rl models resnet             # what rl knows (no torch import)
+  rl summary swin_t            # layers, params, MACs/FLOPs, memory
+  rl summary resnet50 resnext50_32x4d --depth 1
+  rl summary mypkg.nets:Net --input-size 1x28x28 --json
+"""
+
+app = typer.Typer(
+    name="rl",
+    help=HELP,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    rich_markup_mode=None,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"rl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", "-V", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks of errors (also RL_DEBUG=1)."),
+) -> None:
+    if debug:
+        _common.STATE.debug = True
+
+
+summary.register(app)
+models.register(app)
+
+
+def main() -> None:
+    """Entry point of the `rl` script: runs the app and turns failures into one `error:` line."""
+    from rlcli.errors import RlError
+
+    try:
+        code = app(standalone_mode=False)
+    except _CLICK_USAGE_ERROR as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            exc.show()
+            sys.exit(exc.exit_code)
+        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
+        _fail(f"{_lower_first(exc.format_message()).rstrip('.')}{hint}", exc.exit_code)
+    except typer.Abort:
+        sys.stderr.write("\ninterrupted\n")
+        sys.exit(130)
+    except RlError as exc:
+        _fail(str(exc), exc.exit_code)
+    except KeyboardInterrupt:
+        sys.stderr.write("\ninterrupted\n")
+        sys.exit(130)
+    except BrokenPipeError:
+        # `rl ... | head` closed the pipe: not an error of ours, and nothing more to say.
+        sys.stderr.close()
+        sys.exit(141)
+    except Exception as exc:
+        _fail(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", 1)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+# Typer may use click or its own vendored copy; BadParameter's ancestry names the class either way.
+_CLICK_USAGE_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+
+
+def _lower_first(text: str) -> str:
+    return text[:1].lower() + text[1:]
+
+
+def _fail(message: str, code: int) -> None:
+    if _common.STATE.debug:
+        import traceback
+
+        traceback.print_exc()
+    sys.stderr.write(f"error: {message}\n")
+    sys.exit(code)

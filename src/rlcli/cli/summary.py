@@ -1,0 +1,175 @@
+"""`rl summary MODEL...`: layer table, parameters, MACs/FLOPs and memory."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import TYPE_CHECKING
+
+import typer
+
+from rlcli import __version__
+from rlcli.cli._common import (
+    Column,
+    OutputFormat,
+    choose_format,
+    print_csv,
+    print_json,
+    print_table,
+    si,
+    size_bytes,
+    thousands,
+)
+from rlcli.cli._completion import complete_model_name
+
+if TYPE_CHECKING:
+    from rlcli.tasks.summary import ModelSummary
+
+HELP = """Show a model's layers, parameters, MACs/FLOPs and memory, counted without allocating weights.
+
+MODEL is a name from `rl models`, a `package.module:callable` or a `path/to/file.py:callable` that returns an
+nn.Module. The model is built on the meta device: vit_h_14 costs no more memory than resnet18.
+
+Examples:
+
+\b
+  rl summary swin_t
+  rl summary vit_b_16 --input-size 3x384x384 --depth 2
+  rl summary resnet50 resnext50_32x4d mobilenet_v3_large --depth 0
+  rl summary mynets.py:TinyNet --input-size 1x28x28 --json
+"""
+
+
+class Counter(str, Enum):
+    rlcli = "rlcli"
+    fvcore = "fvcore"
+
+
+def register(app: typer.Typer) -> None:
+    app.command("summary", help=HELP)(summary_command)
+
+
+def summary_command(
+    models: list[str] = typer.Argument(
+        ...,
+        metavar="MODEL",
+        help="Model names or module:callable references.",
+        autocompletion=complete_model_name,
+    ),
+    input_size: str | None = typer.Option(
+        None, "--input-size", "-i", help="C x H x W (e.g. 3x384x384, or 384); default: the model's own."
+    ),
+    batch_size: int = typer.Option(1, "--batch-size", "-b", min=1, help="Batch of the example input."),
+    depth: int = typer.Option(3, "--depth", "-d", min=0, help="Deepest module level shown (0 = totals only)."),
+    counter: Counter = typer.Option(
+        Counter.rlcli,
+        "--counter",
+        help="rlcli: torchvision's convention, on meta; fvcore: fvcore's, on the CPU.",
+    ),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON document with every layer."),
+    csv_out: bool = typer.Option(False, "--csv", help="Print the layer table as CSV."),
+) -> None:
+    from rlcli.tasks.summary import summarize
+
+    fmt = choose_format(json_out, csv_out)
+    summaries = [
+        summarize(name, input_size=input_size, batch_size=batch_size, depth=depth, counter=counter.value)
+        for name in models
+    ]
+    if fmt == OutputFormat.json:
+        print_json({"rlcli": __version__, "models": [s.to_dict() for s in summaries]})
+    elif fmt == OutputFormat.csv:
+        print_csv(*layer_csv(summaries))
+    else:
+        for summary in summaries:
+            print_table(LAYER_COLUMNS, layer_rows(summary), title=title(summary), footer=footer(summary))
+        if len(summaries) > 1:
+            print_table(COMPARISON_COLUMNS, comparison_rows(summaries), footer=[summaries[0].convention + "."])
+
+
+LAYER_COLUMNS = [
+    Column("Layer"),
+    Column("Type"),
+    Column("Output shape"),
+    Column("Params", "right"),
+    Column("MACs", "right"),
+    Column("Share", "right"),
+]
+
+COMPARISON_COLUMNS = [
+    Column("Model"),
+    Column("Input"),
+    Column("Params", "right"),
+    Column("MACs", "right"),
+    Column("FLOPs", "right"),
+    Column("Weights", "right"),
+    Column("Activations", "right"),
+]
+
+
+def title(summary: ModelSummary) -> str:
+    origin = "your model" if summary.source == "user" else f"{summary.source}, {summary.family}"
+    return f"{summary.model} ({origin}) at input {_input(summary)}"
+
+
+def layer_rows(summary: ModelSummary) -> list[list[str]]:
+    rows = []
+    for layer in summary.layers:
+        label = summary.model if layer.depth == 0 else "  " * layer.depth + layer.name
+        share = f"{100 * layer.macs / summary.macs:.1f}%" if summary.macs else "-"
+        rows.append([label, layer.type, _shape(layer.output_shape), thousands(layer.params), si(layer.macs), share])
+    return rows
+
+
+def footer(summary: ModelSummary) -> list[str]:
+    weights = sum(summary.param_bytes.values())
+    dtypes = ", ".join(f"{dtype} {size_bytes(n)}" for dtype, n in summary.param_bytes.items()) or "none"
+    where = "the meta device (no weights allocated)" if summary.counted_on == "meta" else "the CPU (weights allocated)"
+    lines = [
+        f"Params: {thousands(summary.params)} (trainable {thousands(summary.trainable_params)}, "
+        f"non-trainable {thousands(summary.non_trainable_params)})",
+        f"Weights: {size_bytes(weights)} ({dtypes}); buffers {size_bytes(summary.buffer_bytes)}",
+        f"MACs: {thousands(summary.macs)} ({si(summary.macs)}); FLOPs: {thousands(summary.flops)} "
+        f"({si(summary.flops)}), FLOPs = 2 x MACs",
+        f"Activations: {size_bytes(summary.activation_bytes)} (outputs of every leaf module in one forward pass)",
+        f"Counted by {summary.counter} on {where}. Params and MACs of a row include its submodules.",
+        f"Convention: {summary.convention}.",
+    ]
+    if summary.uncounted_ops:
+        lines.append(f"Not counted by fvcore: {', '.join(summary.uncounted_ops)}.")
+    return lines
+
+
+def comparison_rows(summaries: list[ModelSummary]) -> list[list[str]]:
+    return [
+        [
+            s.model,
+            _input(s),
+            thousands(s.params),
+            si(s.macs),
+            si(s.flops),
+            size_bytes(sum(s.param_bytes.values())),
+            size_bytes(s.activation_bytes),
+        ]
+        for s in summaries
+    ]
+
+
+def layer_csv(summaries: list[ModelSummary]) -> tuple[list[str], list[list[object]]]:
+    header = ["model", "layer", "type", "depth", "output_shape", "params", "macs"]
+    rows = [
+        [s.model, layer.name, layer.type, layer.depth, _shape(layer.output_shape), layer.params, layer.macs]
+        for s in summaries
+        for layer in s.layers
+    ]
+    return header, rows
+
+
+def _input(summary: ModelSummary) -> str:
+    return "x".join(str(d) for d in (summary.batch_size, *summary.input_size))
+
+
+def _shape(shapes: list[list[int]]) -> str:
+    if not shapes:
+        return "-"
+    text = "[" + ", ".join(str(d) for d in shapes[0]) + "]"
+    return text if len(shapes) == 1 else f"{text} +{len(shapes) - 1}"

@@ -1,0 +1,1 @@
+"""Machinery shared by every command: counting, checkpoints, files, caches, images and text."""

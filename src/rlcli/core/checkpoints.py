@@ -1,0 +1,240 @@
+"""Checkpoints as data, never code: safetensors, or torch files read with ``weights_only=True``.
+
+Training scripts wrap state dicts in many ways; this module finds the tensors (``state_dict``, ``model``, EMA
+copies), strips wrapper prefixes (DataParallel's ``module.``, torch.compile's ``_orig_mod.``) and reads rlcli's
+self-describing checkpoints, which also carry the architecture, its arguments and the class names so that later
+commands need no extra flags.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from rlcli.core.files import atomic_path, atomic_write
+from rlcli.errors import CheckpointError
+
+FORMAT_NAME = "rlcli-checkpoint"
+FORMAT_VERSION = 1
+TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+SAFETENSORS_SUFFIX = ".safetensors"
+
+# Where training scripts put the weights, in the order they are looked for.
+_PLAIN_KEYS = ("state_dict", "model", "module", "net", "network")
+_EMA_KEYS = ("state_dict_ema", "model_ema", "ema_state_dict", "ema")
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+@dataclass
+class CheckpointInfo:
+    """What rlcli writes beside the weights so that a checkpoint describes itself."""
+
+    arch: str | None = None
+    model_args: dict[str, Any] = field(default_factory=dict)
+    class_names: list[str] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps({"format": FORMAT_NAME, "version": FORMAT_VERSION, **asdict(self)})
+
+    @classmethod
+    def from_mapping(cls, data: dict[str, Any]) -> CheckpointInfo:
+        return cls(
+            arch=data.get("arch"),
+            model_args=dict(data.get("model_args") or {}),
+            class_names=list(data["class_names"]) if data.get("class_names") is not None else None,
+            extra=dict(data.get("extra") or {}),
+        )
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: flat tensors by name, and rlcli's description when the file has one."""
+
+    path: Path
+    state_dict: dict[str, torch.Tensor]
+    info: CheckpointInfo | None = None
+    container_key: str | None = None  # where the tensors were found, e.g. "state_dict_ema"; None at top level
+    raw: Any = field(default=None, repr=False)  # the file's whole content, for writers that keep its structure
+
+
+def load_checkpoint(path: str | Path, *, prefer_ema: bool = False, mmap: bool = True) -> Checkpoint:
+    """Read a checkpoint safely and find its tensors.
+
+    Args:
+        path: a ``.safetensors`` file or a torch file (``.pt``, ``.pth``, ``.bin``, ``.ckpt``).
+        prefer_ema: take EMA weights (``state_dict_ema``, ``model_ema``, ...) when the file has them.
+        mmap: memory-map torch zip files and safetensors, so that tensors are read from disk on use.
+
+    Example:
+        >>> ckpt = load_checkpoint("resnet50_epoch90.pth")
+        >>> model.load_state_dict(ckpt.state_dict)
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no such checkpoint file: {path}")
+    if path.suffix == SAFETENSORS_SUFFIX:
+        return _load_safetensors(path)
+    raw = _torch_load(path, mmap=mmap)
+    info = None
+    if isinstance(raw, dict) and raw.get("format") == FORMAT_NAME:
+        info = CheckpointInfo.from_mapping(raw)
+    tensors, key = find_state_dict(raw, prefer_ema=prefer_ema, source=path)
+    return Checkpoint(path=path, state_dict=strip_wrapper_prefixes(tensors), info=info, container_key=key, raw=raw)
+
+
+def _load_safetensors(path: Path) -> Checkpoint:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 (not a dict)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
+    info = None
+    if "rlcli" in metadata:
+        try:
+            info = CheckpointInfo.from_mapping(json.loads(metadata["rlcli"]))
+        except (ValueError, TypeError) as exc:
+            raise CheckpointError(f"{path}: its rlcli metadata is not valid JSON ({exc})") from exc
+    return Checkpoint(path=path, state_dict=strip_wrapper_prefixes(tensors), info=info)
+
+
+def _torch_load(path: Path, *, mmap: bool) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsupported content"
+        if "Weights only load failed" in reason or "Unsupported" in str(exc):
+            raise CheckpointError(
+                f"{path}: refused: the file holds Python objects beyond tensors and plain containers, and "
+                f"loading it could run code. Re-save its state_dict, or convert it to safetensors"
+            ) from exc
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({reason})") from exc
+    except RuntimeError as exc:
+        if mmap and "mmap" in str(exc):
+            # Files in torch's legacy (pre-1.6, non-zip) format cannot be memory-mapped.
+            return _torch_load(path, mmap=False)
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({_first_line(exc)})") from exc
+    except (OSError, EOFError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({_first_line(exc)})") from exc
+
+
+def find_state_dict(
+    obj: Any, *, prefer_ema: bool = False, source: Path | str = "checkpoint"
+) -> tuple[dict, str | None]:
+    """The flat name -> tensor mapping inside ``obj``, and the key it sat under (None: ``obj`` itself)."""
+    if _is_state_dict(obj):
+        return dict(obj), None
+    if isinstance(obj, dict):
+        order = (*_EMA_KEYS, *_PLAIN_KEYS) if prefer_ema else (*_PLAIN_KEYS, *_EMA_KEYS)
+        for key in order:
+            if key in obj:
+                found, _ = find_state_dict(obj[key], prefer_ema=prefer_ema, source=source)
+                return found, key
+        # Training checkpoints mix tensors with counters and config; keep the tensors when they dominate.
+        tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+        if tensors and len(tensors) >= len(obj) / 2:
+            return tensors, None
+    raise CheckpointError(
+        f"{source}: no state dict found (looked for tensors at the top level and under "
+        f"{', '.join(repr(k) for k in (*_PLAIN_KEYS, *_EMA_KEYS))}); top-level keys: {_describe_keys(obj)}"
+    )
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return isinstance(obj, dict) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def strip_wrapper_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop ``module.`` (DataParallel/DDP) and ``_orig_mod.`` (torch.compile), however they are stacked."""
+    stripped = {}
+    for key, value in state_dict.items():
+        name = key
+        while name.startswith(_WRAPPER_PREFIXES):
+            name = name.split(".", 1)[1]
+        stripped[name] = value
+    return stripped
+
+
+def save_checkpoint(path: str | Path, state_dict: dict[str, torch.Tensor], info: CheckpointInfo | None = None) -> Path:
+    """Write atomically: safetensors (``.safetensors``, info in its metadata) or a torch file (info in the dict).
+
+    Tensors sharing storage (tied weights) are written once per name as independent copies for safetensors,
+    which forbids shared storage.
+    """
+    path = Path(path)
+    tensors = {name: t.detach().cpu().contiguous() for name, t in state_dict.items()}
+    if path.suffix == SAFETENSORS_SUFFIX:
+        from safetensors.torch import save_file
+
+        metadata = {"rlcli": info.to_json()} if info else None
+        with atomic_path(path) as temp:
+            save_file(_unshare(tensors), str(temp), metadata=metadata)
+    elif path.suffix in TORCH_SUFFIXES:
+        payload: dict[str, Any] = tensors
+        if info:
+            payload = {**json.loads(info.to_json()), "state_dict": tensors}
+        with atomic_write(path) as handle:
+            torch.save(payload, handle)
+    else:
+        raise CheckpointError(
+            f"{path}: unknown checkpoint extension; use {SAFETENSORS_SUFFIX} or one of {', '.join(TORCH_SUFFIXES)}"
+        )
+    return path
+
+
+def _unshare(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    seen: set[int] = set()
+    result = {}
+    for name, tensor in tensors.items():
+        pointer = tensor.untyped_storage().data_ptr() if tensor.numel() else -1
+        result[name] = tensor.clone() if pointer in seen else tensor
+        if pointer != -1:
+            seen.add(pointer)
+    return result
+
+
+def load_into(model: nn.Module, state_dict: dict[str, torch.Tensor], *, source: str, assign: bool = False) -> None:
+    """``model.load_state_dict`` with an error that names the missing, unexpected and mis-shaped tensors."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    mismatched = [
+        f"{k}: checkpoint {list(state_dict[k].shape)} vs model {list(expected[k].shape)}"
+        for k in expected
+        if k in state_dict and tuple(state_dict[k].shape) != tuple(expected[k].shape)
+    ]
+    if missing or unexpected or mismatched:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} ({_first(missing)})")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} ({_first(unexpected)})")
+        if mismatched:
+            parts.append(f"shape mismatch {len(mismatched)} ({_first(mismatched)})")
+        raise CheckpointError(f"{source} does not fit the model: " + "; ".join(parts))
+    model.load_state_dict(state_dict, strict=True, assign=assign)
+
+
+def _first(items: list[str], limit: int = 3) -> str:
+    shown = ", ".join(items[:limit])
+    return shown if len(items) <= limit else f"{shown}, ..."
+
+
+def _describe_keys(obj: Any) -> str:
+    if isinstance(obj, dict):
+        return _first([str(k) for k in obj], limit=8) or "none"
+    return f"none (the file holds a {type(obj).__name__})"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

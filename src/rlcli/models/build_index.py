@@ -1,0 +1,64 @@
+"""Regenerate ``index.json``, the static model list that `rl models` and completion read without torch.
+
+Run after adding a model or upgrading torchvision:  python -m rlcli.models.build_index
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from rlcli.core.files import atomic_write
+from rlcli.models.catalog import INDEX_PATH
+
+
+def build_index() -> dict[str, Any]:
+    """Summarise every registered model at batch 1 and its default input (seconds: all on the meta device)."""
+    import torch
+    import torchvision
+
+    from rlcli.core.flops import CONVENTION
+    from rlcli.core.shapes import format_size
+    from rlcli.models.registry import get_spec, model_names
+    from rlcli.tasks.summary import summarize
+
+    entries = []
+    for name in model_names():
+        spec = get_spec(name)
+        summary = summarize(name, depth=0)
+        entries.append(
+            {
+                "name": name,
+                "family": spec.family,
+                "source": spec.source,
+                "task": spec.task,
+                "params": summary.params,
+                "macs": summary.macs,
+                "input_size": format_size(spec.default_input),
+            }
+        )
+    return {
+        "generated_by": "python -m rlcli.models.build_index",
+        "convention": CONVENTION,
+        "versions": {
+            "torch": torch.__version__.split("+")[0],
+            "torchvision": torchvision.__version__.split("+")[0],
+        },
+        "models": entries,
+    }
+
+
+def render_index(index: dict[str, Any]) -> str:
+    return json.dumps(index, indent=1) + "\n"
+
+
+def main() -> None:
+    text = render_index(build_index())
+    with atomic_write(INDEX_PATH, "w") as handle:
+        handle.write(text)
+    sys.stderr.write(f"wrote {INDEX_PATH}\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""One module per job; each returns plain result objects and never prints."""

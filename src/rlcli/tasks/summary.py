@@ -1,0 +1,204 @@
+"""`rl summary`: layers, parameters, MACs and memory of a model, counted on the meta device.
+
+A pipeline in torchinfo's manner: resolve the model -> build it without weights -> run one forward pass under the
+counter -> gather statistics into a plain object. Rendering is the CLI's job.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from rlcli.core.shapes import format_size, parse_input_size
+from rlcli.errors import ModelRunError, UsageError
+
+COUNTERS = ("rlcli", "fvcore")
+
+FVCORE_CONVENTION = (
+    "fvcore's convention: one fused multiply-add counts as one flop; convolutions, linear layers, matmuls and "
+    "einsum, plus normalisation layers, upsampling and adaptive pooling; operators fvcore does not know "
+    "(scaled_dot_product_attention among them) count as zero"
+)
+
+
+@dataclass
+class LayerRow:
+    """One module of the table. Params and MACs include the module's submodules."""
+
+    name: str
+    type: str
+    depth: int
+    output_shape: list[list[int]]
+    params: int
+    macs: int
+
+
+@dataclass
+class ModelSummary:
+    model: str
+    family: str
+    source: str
+    input_size: list[int]
+    batch_size: int
+    counter: str
+    convention: str
+    params: int
+    trainable_params: int
+    non_trainable_params: int
+    param_bytes: dict[str, int]
+    buffer_bytes: int
+    macs: int
+    flops: int
+    activation_bytes: int
+    counted_on: str
+    layers: list[LayerRow] = field(default_factory=list)
+    uncounted_ops: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def summarize(
+    model: str,
+    *,
+    input_size: str | None = None,
+    batch_size: int = 1,
+    depth: int | None = 3,
+    counter: str = "rlcli",
+) -> ModelSummary:
+    """Summarise a registered model or a ``module:callable`` reference.
+
+    Args:
+        model: a registry name (`rl models` lists them) or a user reference.
+        input_size: e.g. ``"3x384x384"``; default: the model's (the default weights' crop size, else 224).
+        batch_size: the batch of the example input; MACs and activation memory scale with it.
+        depth: deepest module level in ``layers`` (0 = the model alone, None = every level).
+        counter: ``"rlcli"`` (meta device, torchvision's convention) or ``"fvcore"`` (fvcore's, on the CPU).
+
+    Example:
+        >>> summarize("resnet18").macs
+        1814073344
+    """
+    if batch_size < 1:
+        raise UsageError(f"invalid batch size {batch_size}: must be at least 1")
+    if depth is not None and depth < 0:
+        raise UsageError(f"invalid depth {depth}: must be 0 or more")
+    if counter not in COUNTERS:
+        raise UsageError(f"unknown counter '{counter}': choose from {', '.join(COUNTERS)}")
+
+    from rlcli.models.registry import get_spec
+
+    spec = get_spec(model)
+    size = parse_input_size(input_size, spec.default_input) if input_size else spec.default_input
+    where = f"{spec.name} at input {format_size((batch_size, *size))}"
+    if counter == "fvcore":
+        return _summarize_with_fvcore(spec, size, batch_size, depth, where)
+
+    from rlcli.core.flops import CONVENTION, profile_forward
+    from rlcli.core.meta import build_on_meta
+
+    net = _build(lambda: build_on_meta(lambda: spec.build(size)), where).eval()
+    profile = _run(lambda: profile_forward(net, spec.example_input(size, batch_size)), where)
+    macs_by_module = {record.name: record.macs for record in profile.modules}
+    return _assemble(spec, net, size, batch_size, depth, profile, macs_by_module, "rlcli", CONVENTION, "meta", [])
+
+
+def _summarize_with_fvcore(spec, size, batch_size, depth, where) -> ModelSummary:
+    import torch
+    from fvcore.nn import FlopCountAnalysis
+
+    from rlcli.core.flops import profile_forward
+
+    # fvcore traces with torch.jit, which needs real tensors: the weights are allocated on the CPU here.
+    net = _build(lambda: spec.build(size), where).eval()
+    inputs = spec.example_input(size, batch_size, device="cpu")
+    profile = _run(lambda: profile_forward(net, inputs), where)
+    with torch.inference_mode():
+        analysis = FlopCountAnalysis(net, inputs)
+        analysis.unsupported_ops_warnings(False)
+        analysis.uncalled_modules_warnings(False)
+        analysis.tracer_warnings("none")
+        macs_by_module = dict(_run(analysis.by_module, where))
+        uncounted = sorted(analysis.unsupported_ops())
+    profile.total_macs = macs_by_module.get("", 0)
+    return _assemble(
+        spec,
+        net,
+        size,
+        batch_size,
+        depth,
+        profile,
+        macs_by_module,
+        "fvcore",
+        FVCORE_CONVENTION,
+        "cpu",
+        uncounted,
+    )
+
+
+def _assemble(
+    spec, net, size, batch_size, depth, profile, macs_by_module, counter, convention, counted_on, uncounted
+) -> ModelSummary:
+    params = _unique_parameters(net)
+    trainable = sum(p.numel() for p in params if p.requires_grad)
+    total = sum(p.numel() for p in params)
+    param_bytes: Counter[str] = Counter()
+    for p in params:
+        param_bytes[str(p.dtype).removeprefix("torch.")] += p.numel() * p.element_size()
+    buffers = {id(b): b for b in net.buffers()}.values()
+    layers = [
+        LayerRow(
+            name=record.name,
+            type=record.type,
+            depth=record.depth,
+            output_shape=[list(shape) for shape in record.output_shapes],
+            params=sum(p.numel() for p in net.get_submodule(record.name).parameters()),
+            macs=int(macs_by_module.get(record.name, 0)),
+        )
+        for record in profile.modules
+        if depth is None or record.depth <= depth
+    ]
+    return ModelSummary(
+        model=spec.name,
+        family=spec.family,
+        source=spec.source,
+        input_size=list(size),
+        batch_size=batch_size,
+        counter=counter,
+        convention=convention,
+        params=total,
+        trainable_params=trainable,
+        non_trainable_params=total - trainable,
+        param_bytes=dict(sorted(param_bytes.items())),
+        buffer_bytes=sum(b.numel() * b.element_size() for b in buffers),
+        macs=int(profile.total_macs),
+        flops=2 * int(profile.total_macs),
+        activation_bytes=profile.activation_bytes,
+        counted_on=counted_on,
+        layers=layers,
+        uncounted_ops=list(uncounted),
+    )
+
+
+def _unique_parameters(net) -> list:
+    # Tied weights (GPT-2's LM head shares the token embedding) are one tensor and count once.
+    return list({id(p): p for p in net.parameters()}.values())
+
+
+def _build(build, where: str):
+    try:
+        return build()
+    except ModelRunError:
+        raise
+    except Exception as exc:
+        raise ModelRunError(f"cannot build {where}: {type(exc).__name__}: {exc}") from exc
+
+
+def _run(step, where: str):
+    try:
+        return step()
+    except ModelRunError as exc:
+        raise ModelRunError(f"{where}: {exc}") from exc
+    except Exception as exc:
+        raise ModelRunError(f"{where}: {type(exc).__name__}: {exc}") from exc

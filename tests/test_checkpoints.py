@@ -1,0 +1,129 @@
+"""Checkpoint I/O: safe loading, unwrapping, prefixes, self-describing files, atomic writes."""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import pytest
+import torch
+
+from rlcli.core.checkpoints import CheckpointInfo, load_checkpoint, load_into, save_checkpoint
+from rlcli.core.files import atomic_write
+from rlcli.errors import CheckpointError
+from tiny_models import TinyNet
+
+
+@pytest.fixture
+def weights():
+    torch.manual_seed(0)
+    return TinyNet().state_dict()
+
+
+def assert_same(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_self_describing_round_trip(tmp_path, weights, suffix):
+    info = CheckpointInfo(
+        arch="tiny", model_args={"num_classes": 10}, class_names=list("abcdefghij"), extra={"lam": 0.1}
+    )
+    path = save_checkpoint(tmp_path / f"model{suffix}", weights, info)
+    loaded = load_checkpoint(path)
+    assert_same(loaded.state_dict, weights)
+    assert loaded.info == info
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_plain_state_dict_has_no_info(tmp_path, weights, suffix):
+    loaded = load_checkpoint(save_checkpoint(tmp_path / f"plain{suffix}", weights))
+    assert loaded.info is None
+    assert_same(loaded.state_dict, weights)
+
+
+@pytest.mark.parametrize("key", ["state_dict", "model", "state_dict_ema", "model_ema"])
+def test_nested_training_checkpoints_are_unwrapped(tmp_path, weights, key):
+    path = tmp_path / "train.pth"
+    torch.save({key: weights, "epoch": 90, "optimizer": {"lr": 0.1}}, path)
+    loaded = load_checkpoint(path)
+    assert loaded.container_key == key
+    assert_same(loaded.state_dict, weights)
+
+
+def test_ema_is_preferred_only_when_asked(tmp_path, weights):
+    ema = {k: v + 1 if v.is_floating_point() else v for k, v in weights.items()}
+    path = tmp_path / "both.pth"
+    torch.save({"state_dict": weights, "state_dict_ema": ema}, path)
+    assert_same(load_checkpoint(path).state_dict, weights)
+    assert_same(load_checkpoint(path, prefer_ema=True).state_dict, ema)
+
+
+def test_wrapper_prefixes_are_stripped(tmp_path, weights):
+    path = tmp_path / "ddp.pth"
+    torch.save({"model": {f"module._orig_mod.{k}": v for k, v in weights.items()}}, path)
+    assert_same(load_checkpoint(path).state_dict, weights)
+
+
+class Exploit:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /dev/null",))
+
+
+def test_a_pickle_that_would_run_code_is_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as handle:
+        pickle.dump({"state_dict": {"w": Exploit()}}, handle, protocol=2)
+    with pytest.raises(CheckpointError, match="refused"):
+        load_checkpoint(path)
+    torch.save({"w": torch.zeros(1), "cfg": Exploit()}, path)
+    with pytest.raises(CheckpointError, match="refused"):
+        load_checkpoint(path)
+
+
+def test_unreadable_files(tmp_path):
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        load_checkpoint(tmp_path / "missing.pt")
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not a safetensors file at all")
+    with pytest.raises(CheckpointError, match="not a readable safetensors"):
+        load_checkpoint(junk)
+    truncated = tmp_path / "truncated.pt"
+    torch.save({"w": torch.zeros(1000)}, truncated)
+    truncated.write_bytes(truncated.read_bytes()[:300])
+    with pytest.raises(CheckpointError, match="not a readable torch checkpoint"):
+        load_checkpoint(truncated)
+    no_tensors = tmp_path / "config.pt"
+    torch.save({"epoch": 3, "lr": 0.1}, no_tensors)
+    with pytest.raises(CheckpointError, match=r"no state dict found.*epoch"):
+        load_checkpoint(no_tensors)
+
+
+def test_load_into_names_missing_unexpected_and_mismatched(weights):
+    bad = dict(weights)
+    del bad["head.bias"]
+    bad["extra.weight"] = torch.zeros(1)
+    bad["head.weight"] = torch.zeros(3, 8)
+    with pytest.raises(CheckpointError) as info:
+        load_into(TinyNet(), bad, source="ckpt.pt")
+    message = str(info.value)
+    assert "missing 1 (head.bias)" in message
+    assert "unexpected 1 (extra.weight)" in message
+    assert "head.weight: checkpoint [3, 8] vs model [10, 8]" in message
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "out.pt"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError), atomic_write(target) as handle:
+        handle.write(b"partial")
+        raise RuntimeError("disk on fire")
+    assert target.read_bytes() == b"old"
+    assert os.listdir(tmp_path) == ["out.pt"]
+
+
+def test_unknown_extension_is_refused(tmp_path, weights):
+    with pytest.raises(CheckpointError, match="unknown checkpoint extension"):
+        save_checkpoint(tmp_path / "model.npz", weights)

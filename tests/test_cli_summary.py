@@ -1,0 +1,119 @@
+"""`rl summary` end to end through the entry point: tables, JSON, CSV, errors and exit codes."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+from conftest import check_golden
+
+
+def test_plain_table_matches_golden(rl):
+    result = rl("summary", "resnet18", "--depth", "1")
+    assert result.code == 0, result.stderr
+    check_golden("summary_resnet18_depth1.txt", result.stdout)
+
+
+def test_user_model_table_matches_golden(rl):
+    result = rl("summary", "tiny_models:TinyNet", "--input-size", "3x8x8", "--batch-size", "2")
+    assert result.code == 0, result.stderr
+    check_golden("summary_tinynet.txt", result.stdout)
+
+
+def test_json_schema(rl):
+    result = rl("summary", "swin_t", "--json", "--depth", "2")
+    assert result.code == 0, result.stderr
+    document = json.loads(result.stdout)
+    [model] = document["models"]
+    assert model["model"] == "swin_t"
+    assert model["params"] == 28_288_354
+    assert model["macs"] == 4_490_566_656
+    assert model["flops"] == 2 * model["macs"]
+    assert "FLOPs = 2 x MACs" in model["convention"]
+    assert model["input_size"] == [3, 224, 224]
+    assert model["batch_size"] == 1
+    assert model["param_bytes"] == {"float32": 4 * 28_288_354}
+    assert model["trainable_params"] + model["non_trainable_params"] == model["params"]
+    assert model["activation_bytes"] > 0
+    layers = model["layers"]
+    assert layers[0]["name"] == "" and layers[0]["macs"] == model["macs"]
+    assert max(layer["depth"] for layer in layers) == 2
+    assert {"name", "type", "depth", "output_shape", "params", "macs"} <= set(layers[1])
+    assert all(isinstance(layer["macs"], int) for layer in layers)
+
+
+def test_several_models_print_a_table_each_and_a_comparison(rl):
+    result = rl("summary", "resnet50", "resnext50_32x4d", "--depth", "0")
+    assert result.code == 0, result.stderr
+    assert "resnet50 (torchvision, resnet) at input 1x3x224x224" in result.stdout
+    assert "resnext50_32x4d (torchvision, resnext)" in result.stdout
+    comparison = result.stdout.split("Model ")[-1]
+    assert "25,557,032" in comparison and "25,028,904" in comparison
+    assert "4.089 G" in comparison and "4.230 G" in comparison
+
+
+def test_batch_and_input_size_scale_macs(rl):
+    one = json.loads(rl("summary", "resnet18", "--json").stdout)["models"][0]
+    two = json.loads(rl("summary", "resnet18", "--json", "-b", "2", "-i", "448").stdout)["models"][0]
+    assert two["input_size"] == [3, 448, 448]
+    # Convolutions scale with batch x pixels; the final Linear sees a 1x1 map after pooling at any size.
+    fc = 512 * 1000
+    assert two["macs"] - 2 * fc == 2 * 4 * (one["macs"] - fc)
+
+
+def test_csv_layer_table(rl):
+    result = rl("summary", "tiny_models:TinyNet", "-i", "3x8x8", "--csv")
+    assert result.code == 0, result.stderr
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert [r["layer"] for r in rows] == ["", "features", "features.0", "features.1", "pool", "head"]
+    assert rows[2]["macs"] == str(8 * 8 * 8 * 27)
+    assert rows[2]["output_shape"] == "[1, 8, 8, 8]"
+
+
+def test_fvcore_counter_uses_fvcore_convention(rl):
+    result = rl("summary", "resnet18", "--counter", "fvcore", "--json", "--depth", "0")
+    assert result.code == 0, result.stderr
+    model = json.loads(result.stdout)["models"][0]
+    assert model["counter"] == "fvcore"
+    assert "fvcore's convention" in model["convention"]
+    assert model["macs"] == 1_819_065_856  # fvcore adds batch norm and pooling to torchvision's 1,814,073,344
+    assert model["params"] == 11_689_512
+
+
+def test_unknown_model_is_a_one_line_error_with_suggestions(rl):
+    result = rl("summary", "swin_tt")
+    assert result.code == 1
+    assert result.stdout == ""
+    assert result.stderr.startswith("error: unknown model 'swin_tt'; did you mean swin_t")
+    assert result.stderr.count("\n") == 1
+    assert "Traceback" not in result.stderr
+
+
+def test_usage_errors_exit_2(rl):
+    assert rl("summary", "resnet18", "--input-size", "3xfoo").code == 2
+    assert rl("summary", "resnet18", "--batch-size", "0").code == 2
+    assert rl("summary", "resnet18", "--counter", "nope").code == 2
+    bad_option = rl("summary", "resnet18", "--nope")
+    assert bad_option.code == 2
+    assert bad_option.stderr.startswith("error: no such option: --nope")
+    assert rl("summary", "resnet18", "--json", "--csv").code == 2
+
+
+def test_failing_layer_is_named(rl):
+    result = rl("summary", "tiny_models:FixedInputNet", "-i", "3x9x9")
+    assert result.code == 1
+    assert "layer 'classifier' (Linear)" in result.stderr
+
+
+def test_bad_user_model(rl):
+    result = rl("summary", "tiny_models:not_a_module")
+    assert result.code == 1
+    assert result.stderr == "error: 'tiny_models:not_a_module' returned str, not a torch.nn.Module\n"
+
+
+def test_debug_shows_the_traceback(rl):
+    result = rl("--debug", "summary", "swin_tt")
+    assert result.code == 1
+    assert "Traceback" in result.stderr
+    assert result.stderr.rstrip().endswith("did you mean swin_t, swin_s, swin_b?")

@@ -1,0 +1,110 @@
+"""The registry: torchvision's own list, stock configs whose counts equal torchvision's published metadata."""
+
+from __future__ import annotations
+
+import pytest
+import torchvision.models as tvm
+
+from rlcli.errors import ModelNotFoundError, ModelRunError, UsageError
+from rlcli.models.registry import get_spec, model_names
+from rlcli.tasks.summary import summarize
+
+# One or two per family, each with every weights entry torchvision publishes (so several resolutions).
+FAMILIES = [
+    "resnet50",
+    "resnext50_32x4d",
+    "wide_resnet50_2",
+    "mobilenet_v2",
+    "mobilenet_v3_large",
+    "mobilenet_v3_small",
+    "efficientnet_b0",
+    "efficientnet_v2_s",
+    "vit_b_16",
+    "vit_h_14",
+    "swin_t",
+    "swin_v2_t",
+    "convnext_tiny",
+    "maxvit_t",
+    "regnet_y_400mf",
+    "regnet_y_128gf",
+    "densenet121",
+    "googlenet",
+    "inception_v3",
+    "shufflenet_v2_x1_0",
+    "squeezenet1_1",
+    "alexnet",
+]
+
+CASES = [(name, weights) for name in FAMILIES for weights in tvm.get_model_weights(name)]
+
+
+@pytest.mark.parametrize(("name", "weights"), CASES, ids=[str(w) for _, w in CASES])
+def test_params_and_macs_equal_torchvision_metadata(name, weights):
+    crop = weights.transforms.keywords["crop_size"]
+    summary = summarize(name, input_size=f"3x{crop}x{crop}", depth=0)
+    assert summary.params == weights.meta["num_params"]
+    # torchvision publishes GFLOPS rounded to 3 decimals; its "FLOPS" are multiply-accumulates.
+    assert round(summary.macs / 1e9, 3) == weights.meta["_ops"]
+    assert summary.flops == 2 * summary.macs
+
+
+def test_swin_t_headline_figures():
+    summary = summarize("swin_t")
+    assert summary.input_size == [3, 224, 224]
+    assert summary.params == 28_288_354
+    assert f"{summary.macs / 1e9:.3f}" == "4.491"
+
+
+def test_every_torchvision_classification_model_is_registered():
+    assert set(tvm.list_models(module=tvm)) <= set(model_names())
+
+
+def test_default_input_is_the_default_weights_crop():
+    assert get_spec("inception_v3").default_input == (3, 299, 299)
+    assert get_spec("vit_h_14").default_input == (3, 518, 518)
+    assert get_spec("resnet18").default_input == (3, 224, 224)
+
+
+def test_unknown_model_suggests_close_names():
+    with pytest.raises(ModelNotFoundError, match="did you mean resnet18"):
+        get_spec("resnet81")
+
+
+def test_user_model_by_module_and_by_file(tmp_path):
+    by_module = summarize("tiny_models:TinyNet", input_size="3x8x8")
+    assert by_module.params == 3 * 8 * 9 + 8 * 10 + 10
+    assert by_module.macs == 8 * 8 * 8 * 27 + 80
+    source = tmp_path / "mynet.py"
+    source.write_text("from torch import nn\n\ndef net():\n    return nn.Linear(4, 2)\n")
+    by_file = summarize(f"{source}:net", input_size="1x4x4")
+    assert by_file.params == 10
+    assert by_file.macs == 4 * 2 * 4  # the Linear is applied to each of 4 rows
+
+
+@pytest.mark.parametrize(
+    ("reference", "message"),
+    [
+        ("no_such_module_xyz:Net", "cannot import 'no_such_module_xyz'"),
+        ("tiny_models:Missing", "has no attribute 'Missing'"),
+        ("tiny_models:not_a_module", "returned str, not a torch.nn.Module"),
+        ("tiny_models:broken", "constructor exploded"),
+        ("/nonexistent/net.py:Net", "no such file"),
+    ],
+)
+def test_user_model_errors(reference, message):
+    with pytest.raises(ModelRunError, match=message):
+        summarize(reference)
+
+
+def test_bad_input_sizes():
+    with pytest.raises(UsageError, match="invalid input size"):
+        summarize("resnet18", input_size="3xfoo")
+    with pytest.raises(UsageError, match="takes 3 dimensions"):
+        summarize("resnet18", input_size="1x3x224x224")
+    with pytest.raises(UsageError, match="positive"):
+        summarize("resnet18", input_size="3x0x224")
+
+
+def test_a_model_that_fails_at_the_input_names_the_layer():
+    with pytest.raises(ModelRunError, match=r"at input 1x3x9x9: .*layer 'classifier' \(Linear\)"):
+        summarize("tiny_models:FixedInputNet", input_size="3x9x9")
