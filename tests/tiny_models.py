@@ -56,3 +56,16 @@ def not_a_module() -> str:
 
 def broken() -> nn.Module:
     raise RuntimeError("constructor exploded")
+
+
+class BatchNormNet(nn.Module):
+    """BatchNorm first, so its running statistics are those of the input images."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm2d(3)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(3, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pool(self.norm(x)).flatten(1))

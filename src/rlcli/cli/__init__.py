@@ -11,7 +11,7 @@ import sys
 import typer
 
 from rlcli import __version__
-from rlcli.cli import _common, models, summary
+from rlcli.cli import _common, models, summary, swa_merge
 
 HELP = """Inspect and run the classic networks of a deep-learning reading list.
 
@@ -22,6 +22,7 @@ Examples:
   rl summary swin_t            # layers, params, MACs/FLOPs, memory
   rl summary resnet50 resnext50_32x4d --depth 1
   rl summary mypkg.nets:Net --input-size 1x28x28 --json
+  rl swa-merge ckpt/*.pt -o swa.pt         # average checkpoints (SWA)
 """
 
 app = typer.Typer(
@@ -53,6 +54,7 @@ def _root(
 
 summary.register(app)
 models.register(app)
+swa_merge.register(app)
 
 
 def main() -> None:

@@ -215,23 +215,24 @@ def load_into(model: nn.Module, state_dict: dict[str, torch.Tensor], *, source: 
     if missing or unexpected or mismatched:
         parts = []
         if missing:
-            parts.append(f"missing {len(missing)} ({_first(missing)})")
+            parts.append(f"missing {len(missing)} ({list_some(missing)})")
         if unexpected:
-            parts.append(f"unexpected {len(unexpected)} ({_first(unexpected)})")
+            parts.append(f"unexpected {len(unexpected)} ({list_some(unexpected)})")
         if mismatched:
-            parts.append(f"shape mismatch {len(mismatched)} ({_first(mismatched)})")
+            parts.append(f"shape mismatch {len(mismatched)} ({list_some(mismatched)})")
         raise CheckpointError(f"{source} does not fit the model: " + "; ".join(parts))
     model.load_state_dict(state_dict, strict=True, assign=assign)
 
 
-def _first(items: list[str], limit: int = 3) -> str:
+def list_some(items: list[str], limit: int = 3) -> str:
+    """The first few items, comma-separated, with an ellipsis when there are more."""
     shown = ", ".join(items[:limit])
     return shown if len(items) <= limit else f"{shown}, ..."
 
 
 def _describe_keys(obj: Any) -> str:
     if isinstance(obj, dict):
-        return _first([str(k) for k in obj], limit=8) or "none"
+        return list_some([str(k) for k in obj], limit=8) or "none"
     return f"none (the file holds a {type(obj).__name__})"
 
 

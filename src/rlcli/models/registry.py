@@ -39,6 +39,8 @@ class ModelSpec:
     default_input: tuple[int, ...]  # (C, H, W) for images, (T,) for token sequences
     builder: Builder = field(repr=False, compare=False)
     input_kind: str = "image"  # "image" or "tokens"
+    # Evaluation preprocessing of the default weights (torchvision's ImageClassification arguments), if known.
+    transform: dict[str, Any] | None = field(default=None, compare=False)
 
     def build(self, input_size: tuple[int, ...] | None = None, **kwargs: Any) -> nn.Module:
         """Build the model for ``input_size`` (default: the model's own); unset (None) options are dropped."""
@@ -121,6 +123,7 @@ def _torchvision_specs() -> dict[str, ModelSpec]:
             task="image-classification",
             default_input=(3, crop, crop),
             builder=_torchvision_builder(name, weights),
+            transform=dict(weights.transforms.keywords),
         )
     return specs
 

@@ -1,0 +1,326 @@
+"""`rl swa-merge`: Stochastic Weight Averaging of checkpoints (Izmailov et al., 2018), streaming.
+
+w_swa = sum_i a_i w_i / sum_i a_i, with a_i = 1 for the paper's uniform average. One checkpoint is in memory at a
+time (memory-mapped where the format allows) beside one float64 accumulator, so peak memory does not grow with the
+number of inputs. Integer and bool tensors (BatchNorm's ``num_batches_tracked``) are counters, not weights: they
+are taken from the last checkpoint. Averaged weights make BatchNorm statistics stale; with image data they are
+recomputed in one pass, as ``torch.optim.swa_utils.update_bn`` does.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlcli.core.checkpoints import (
+    SAFETENSORS_SUFFIX,
+    TORCH_SUFFIXES,
+    Checkpoint,
+    CheckpointInfo,
+    find_state_dict,
+    list_some,
+    load_checkpoint,
+    save_checkpoint,
+    strip_wrapper_prefixes,
+)
+from rlcli.core.files import atomic_write
+from rlcli.errors import CheckpointError, RlError, UsageError
+
+Progress = Callable[[str, int, int], None]
+CHECKPOINT_SUFFIXES = (*TORCH_SUFFIXES, SAFETENSORS_SUFFIX)
+
+
+@dataclass
+class MergeReport:
+    inputs: list[str]
+    weights: list[float]  # normalised to sum to 1
+    weighted: bool
+    ema: bool
+    averaged: int  # floating tensors averaged in float64
+    copied: list[str]  # integer/bool tensors taken from the last input
+    output: str
+    output_format: str
+    output_bytes: int
+    sha256: str
+    keep_structure: bool
+    bn_recomputed: bool = False
+    bn_layers: int = 0
+    bn_images: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def resolve_inputs(arguments: list[str]) -> list[Path]:
+    """Files as given, folders expanded to the checkpoints inside them, quoted globs expanded; order kept."""
+    paths: list[Path] = []
+    for argument in arguments:
+        path = Path(argument)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix in CHECKPOINT_SUFFIXES and p.is_file())
+            if not found:
+                raise RlError(f"no checkpoints ({', '.join(CHECKPOINT_SUFFIXES)}) in folder {path}")
+            paths.extend(found)
+        elif path.is_file():
+            paths.append(path)
+        elif any(ch in argument for ch in "*?["):
+            matches = sorted(Path(p) for p in glob.glob(argument) if Path(p).is_file())
+            if not matches:
+                raise RlError(f"no file matches {argument}")
+            paths.extend(matches)
+        else:
+            raise RlError(f"no such checkpoint file: {path}")
+    return paths
+
+
+def parse_weights(text: str | None, count: int) -> list[float] | None:
+    """``"0.2,0.3,0.5"`` -> raw (not yet normalised) weights, one per input."""
+    if text is None:
+        return None
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UsageError(f"invalid --weights '{text}': expected numbers separated by commas") from None
+    if len(values) != count:
+        raise UsageError(f"--weights has {len(values)} values for {count} checkpoints")
+    if any(v < 0 or v != v for v in values) or sum(values) <= 0:
+        raise UsageError("--weights must be non-negative with a positive sum")
+    return values
+
+
+def merge_checkpoints(
+    inputs: list[Path],
+    output: Path,
+    *,
+    weights: list[float] | None = None,
+    prefer_ema: bool = False,
+    keep_structure: bool = False,
+    force: bool = False,
+    bn_data: Path | None = None,
+    model: str | None = None,
+    bn_batch_size: int = 32,
+    progress: Progress | None = None,
+) -> MergeReport:
+    """Average ``inputs`` into ``output``; every check runs before any work, and nothing is written on failure.
+
+    Example:
+        >>> merge_checkpoints(sorted(Path("ckpt").glob("*.pt")), Path("swa.pt")).sha256
+        '3f1c...'
+    """
+    report = _noop if progress is None else progress
+    if not inputs:
+        raise UsageError("no checkpoints given")
+    raw_weights = weights or [1.0] * len(inputs)
+    if len(raw_weights) != len(inputs):
+        raise UsageError(f"{len(raw_weights)} weights for {len(inputs)} checkpoints")
+    _check_output(output, inputs, force=force, keep_structure=keep_structure)
+    layout = _check_same_layout(inputs, prefer_ema, report)
+    if bn_data is not None:
+        from rlcli.core.images import find_images
+
+        bn_images = find_images(bn_data)
+        if not bn_images:
+            raise RlError(f"no images in {bn_data}")
+
+    averaged, last = _average(inputs, raw_weights, layout, prefer_ema, report)
+    copied = [name for name, (_, dtype) in layout.items() if not dtype.is_floating_point]
+    info = last.info
+    notes = []
+    if weights is not None:
+        total = sum(raw_weights)
+        notes.append(f"weights normalised to sum to 1 (divided by {total:g})")
+    if copied:
+        notes.append(f"{len(copied)} integer/bool tensors taken from the last checkpoint, not averaged")
+
+    result = {"bn_layers": 0, "bn_images": 0}
+    if bn_data is not None:
+        arch = model or (info.arch if info else None)
+        if not arch:
+            raise UsageError("--bn-data needs the architecture: pass --model, or merge rlcli checkpoints")
+        result = _recompute_batchnorm(averaged, arch, info, bn_images, bn_batch_size, report)
+
+    written = _write(output, averaged, info, last if keep_structure else None, prefer_ema)
+    total = sum(raw_weights)
+    return MergeReport(
+        inputs=[str(p) for p in inputs],
+        weights=[w / total for w in raw_weights],
+        weighted=weights is not None,
+        ema=prefer_ema,
+        averaged=len(layout) - len(copied),
+        copied=copied,
+        output=str(output),
+        output_format="safetensors" if output.suffix == SAFETENSORS_SUFFIX else "torch",
+        output_bytes=written.stat().st_size,
+        sha256=_sha256(written),
+        keep_structure=keep_structure,
+        bn_recomputed=bn_data is not None,
+        bn_layers=result["bn_layers"],
+        bn_images=result["bn_images"],
+        notes=notes,
+    )
+
+
+def _noop(stage: str, done: int, total: int) -> None:
+    return None
+
+
+def _check_output(output: Path, inputs: list[Path], *, force: bool, keep_structure: bool) -> None:
+    if output.suffix not in CHECKPOINT_SUFFIXES:
+        raise UsageError(f"output {output}: use .safetensors or one of {', '.join(TORCH_SUFFIXES)}")
+    if keep_structure and output.suffix == SAFETENSORS_SUFFIX:
+        raise UsageError("--keep-structure needs a torch output (.pt/.pth): safetensors holds flat tensors only")
+    if not output.parent.is_dir():
+        raise RlError(f"output folder {output.parent} does not exist")
+    if force:
+        return
+    if any(output.resolve() == p.resolve() for p in inputs):
+        raise RlError(f"refusing to overwrite input {output} (use --force)")
+    if output.exists():
+        raise RlError(f"refusing to overwrite {output} (use --force)")
+
+
+Layout = dict[str, tuple[tuple[int, ...], torch.dtype]]
+
+
+def _check_same_layout(inputs: list[Path], prefer_ema: bool, report: Progress) -> Layout:
+    """Keys, shapes and dtypes of the first checkpoint; every other must have the same keys and shapes."""
+    reference: Layout = {}
+    for index, path in enumerate(inputs):
+        checkpoint = load_checkpoint(path, prefer_ema=prefer_ema)
+        layout = {name: (tuple(t.shape), t.dtype) for name, t in checkpoint.state_dict.items()}
+        del checkpoint
+        if index == 0:
+            reference = layout
+        else:
+            _compare_layouts(inputs[0], reference, path, layout)
+        report("checking", index + 1, len(inputs))
+    return reference
+
+
+def _compare_layouts(first: Path, reference: Layout, path: Path, layout: Layout) -> None:
+    missing = [k for k in reference if k not in layout]
+    unexpected = [k for k in layout if k not in reference]
+    shapes = [
+        f"{k} {list(layout[k][0])} vs {list(reference[k][0])} in {first.name}"
+        for k in reference
+        if k in layout and layout[k][0] != reference[k][0]
+    ]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} keys ({list_some(missing)})")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} keys ({list_some(unexpected)})")
+        if shapes:
+            parts.append(f"shape conflicts: {list_some(shapes)}")
+        raise CheckpointError(f"{path} does not match {first}: " + "; ".join(parts) + "; nothing written")
+
+
+def _average(
+    inputs: list[Path], weights: list[float], layout: Layout, prefer_ema: bool, report: Progress
+) -> tuple[dict[str, torch.Tensor], Checkpoint]:
+    accumulator = {
+        name: torch.zeros(shape, dtype=torch.float64)
+        for name, (shape, dtype) in layout.items()
+        if dtype.is_floating_point
+    }
+    last: Checkpoint | None = None
+    for index, (path, weight) in enumerate(zip(inputs, weights, strict=True)):
+        last = None  # release the previous checkpoint (and its memory map) before reading the next
+        checkpoint = load_checkpoint(path, prefer_ema=prefer_ema)
+        for name, total in accumulator.items():
+            # add_ promotes each float32/16 tensor into the float64 sum without a temporary copy.
+            total.add_(checkpoint.state_dict[name], alpha=weight)
+        last = checkpoint
+        report("averaging", index + 1, len(inputs))
+    assert last is not None
+    weight_sum = sum(weights)
+    averaged: dict[str, torch.Tensor] = {}
+    non_finite = []
+    for name, (_, dtype) in layout.items():
+        if name in accumulator:
+            # Converting entry by entry frees each float64 sum as its output tensor is made: peak stays ~2x.
+            value = accumulator.pop(name).div_(weight_sum).to(dtype)
+            if not torch.isfinite(value).all():
+                non_finite.append(name)
+        else:
+            value = last.state_dict[name].clone()
+        averaged[name] = value
+    if non_finite:
+        raise CheckpointError(f"the average has non-finite values in {list_some(non_finite)}; nothing written")
+    return averaged, last
+
+
+def _recompute_batchnorm(
+    state: dict[str, torch.Tensor],
+    arch: str,
+    info: CheckpointInfo | None,
+    images: list[Path],
+    batch_size: int,
+    report: Progress,
+) -> dict[str, int]:
+    """Reset BN statistics and re-estimate them with one pass over ``images`` (``update_bn``'s behaviour)."""
+    from torch import nn
+    from torch.optim.swa_utils import update_bn
+
+    from rlcli.core.checkpoints import load_into
+    from rlcli.core.images import Preprocess, batches
+    from rlcli.models.registry import get_spec
+
+    spec = get_spec(arch)
+    net = spec.build(**(info.model_args if info and info.arch == arch else {}))
+    load_into(net, state, source="the averaged weights")
+    norms = {name: m for name, m in net.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+    if not norms:
+        raise RlError(f"--bn-data given, but {arch} has no BatchNorm layers")
+    preprocess = Preprocess.for_model(spec)
+
+    def loader():
+        done = 0
+        for batch in batches(images, preprocess, batch_size):
+            yield batch
+            done += len(batch)
+            report("batchnorm", done, len(images))
+
+    update_bn(loader(), net)
+    fresh = net.state_dict()
+    for name in norms:
+        for buffer in ("running_mean", "running_var", "num_batches_tracked"):
+            key = f"{name}.{buffer}"
+            if key in state:
+                state[key] = fresh[key].to(state[key].dtype)
+    return {"bn_layers": len(norms), "bn_images": len(images)}
+
+
+def _write(
+    output: Path,
+    state: dict[str, torch.Tensor],
+    info: CheckpointInfo | None,
+    structure_from: Checkpoint | None,
+    prefer_ema: bool,
+) -> Path:
+    if structure_from is None or structure_from.raw is None or structure_from.container_key is None:
+        return save_checkpoint(output, state, info)
+    # Keep the last input's nesting and its own key names (prefixes included); swap in the averaged tensors.
+    original, key = find_state_dict(structure_from.raw, prefer_ema=prefer_ema)
+    names = {stripped: name for name, stripped in zip(original, strip_wrapper_prefixes(original), strict=True)}
+    payload = dict(structure_from.raw)
+    payload[key] = {names[name]: tensor for name, tensor in state.items()}
+    with atomic_write(output) as handle:
+        torch.save(payload, handle)
+    return output
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

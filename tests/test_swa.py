@@ -1,0 +1,263 @@
+"""`rl swa-merge`: exact averages, dtypes, structure, safety, and BatchNorm recomputation."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+from torch.optim.swa_utils import AveragedModel
+
+from rlcli.core.checkpoints import CheckpointInfo, load_checkpoint, save_checkpoint
+from rlcli.errors import CheckpointError, RlError, UsageError
+from rlcli.tasks.swa import merge_checkpoints, parse_weights, resolve_inputs
+
+
+def bn_net() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.LazyLinear(2))
+
+
+def random_state(seed: int, dtype=torch.float32) -> dict[str, torch.Tensor]:
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Linear(4, 2))
+    net[1].running_mean.normal_()
+    net[1].num_batches_tracked.fill_(seed)
+    for p in net.parameters():
+        p.data.normal_()
+    return {k: v.to(dtype) if v.is_floating_point() else v for k, v in net.state_dict().items()}
+
+
+@pytest.fixture
+def checkpoints(tmp_path):
+    paths = []
+    for seed in range(4):
+        path = tmp_path / f"epoch{seed}.pt"
+        torch.save(random_state(seed), path)
+        paths.append(path)
+    return paths
+
+
+def test_uniform_average_equals_float64_mean_and_averaged_model(tmp_path, checkpoints):
+    out = tmp_path / "swa.pt"
+    report = merge_checkpoints(checkpoints, out)
+    merged = torch.load(out, weights_only=True)
+    states = [random_state(seed) for seed in range(4)]
+    for key, value in merged.items():
+        if value.is_floating_point():
+            expected = torch.stack([s[key].double() for s in states]).mean(0).float()
+            assert torch.equal(value, expected), key
+    assert torch.equal(merged["1.num_batches_tracked"], torch.tensor(3))
+    assert report.copied == ["1.num_batches_tracked"]
+    assert report.averaged == len(merged) - 1
+    assert report.sha256 == hashlib.sha256(out.read_bytes()).hexdigest()
+    assert report.output_bytes == out.stat().st_size
+
+    swa = AveragedModel(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Linear(4, 2)))
+    for state in states:
+        model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Linear(4, 2))
+        model.load_state_dict(state)
+        swa.update_parameters(model)
+    for name, param in swa.module.named_parameters():
+        torch.testing.assert_close(merged[name], param.detach(), rtol=1e-6, atol=1e-6)
+
+
+def test_weighted_average_is_normalised(tmp_path, checkpoints):
+    out = tmp_path / "w.pt"
+    report = merge_checkpoints(checkpoints, out, weights=[1, 1, 2, 0])
+    assert report.weights == [0.25, 0.25, 0.5, 0.0]
+    assert report.weighted and any("normalised" in n for n in report.notes)
+    merged = torch.load(out, weights_only=True)
+    states = [random_state(seed) for seed in range(4)]
+    expected = (
+        states[0]["0.weight"].double() + states[1]["0.weight"].double() + 2 * states[2]["0.weight"].double()
+    ) / 4
+    assert torch.equal(merged["0.weight"], expected.float())
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_dtype_is_preserved(tmp_path, dtype):
+    paths = []
+    for seed in range(3):
+        paths.append(save_checkpoint(tmp_path / f"{seed}.safetensors", random_state(seed, dtype)))
+    out = tmp_path / "avg.safetensors"
+    merge_checkpoints(paths, out)
+    merged = load_checkpoint(out).state_dict
+    assert merged["0.weight"].dtype == dtype
+    expected = torch.stack([random_state(s, dtype)["0.weight"].double() for s in range(3)]).mean(0).to(dtype)
+    assert torch.equal(merged["0.weight"], expected)
+
+
+def test_nested_prefixed_and_mixed_formats(tmp_path):
+    a = tmp_path / "a.pth"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in random_state(0).items()}, "epoch": 1}, a)
+    b = tmp_path / "b.pth"
+    torch.save({"model": {f"_orig_mod.{k}": v for k, v in random_state(1).items()}}, b)
+    c = save_checkpoint(tmp_path / "c.safetensors", random_state(2))
+    out = tmp_path / "out.pt"
+    merge_checkpoints([a, b, c], out)
+    merged = torch.load(out, weights_only=True)
+    assert set(merged) == set(random_state(0))
+
+
+def test_keep_structure_keeps_nesting_and_names(tmp_path):
+    paths = []
+    for seed in range(2):
+        path = tmp_path / f"{seed}.pth"
+        torch.save({"state_dict": {f"module.{k}": v for k, v in random_state(seed).items()}, "epoch": seed}, path)
+        paths.append(path)
+    out = tmp_path / "out.pth"
+    merge_checkpoints(paths, out, keep_structure=True)
+    merged = torch.load(out, weights_only=True)
+    assert merged["epoch"] == 1
+    assert "module.0.weight" in merged["state_dict"]
+
+
+def test_ema_weights_are_preferred_when_asked(tmp_path):
+    paths = []
+    for seed in range(2):
+        path = tmp_path / f"{seed}.pth"
+        torch.save({"state_dict": random_state(seed), "state_dict_ema": random_state(seed + 10)}, path)
+        paths.append(path)
+    merge_checkpoints(paths, tmp_path / "ema.pt", prefer_ema=True)
+    merged = torch.load(tmp_path / "ema.pt", weights_only=True)
+    expected = (random_state(10)["0.weight"].double() + random_state(11)["0.weight"].double()) / 2
+    assert torch.equal(merged["0.weight"], expected.float())
+
+
+def test_self_describing_checkpoints_keep_their_info(tmp_path):
+    info = CheckpointInfo(arch="resnet18", class_names=["a", "b"])
+    paths = [save_checkpoint(tmp_path / f"{s}.safetensors", random_state(s), info) for s in range(2)]
+    merge_checkpoints(paths, tmp_path / "avg.safetensors")
+    assert load_checkpoint(tmp_path / "avg.safetensors").info == info
+
+
+def test_mismatched_keys_and_shapes_fail_before_writing(tmp_path, checkpoints):
+    odd = random_state(9)
+    odd.pop("2.bias")
+    odd["extra"] = torch.zeros(1)
+    odd["0.weight"] = torch.zeros(5, 3, 3, 3)
+    bad = tmp_path / "odd.pt"
+    torch.save(odd, bad)
+    out = tmp_path / "never.pt"
+    with pytest.raises(CheckpointError) as info:
+        merge_checkpoints([*checkpoints, bad], out)
+    message = str(info.value)
+    assert "odd.pt" in message and "missing 1 keys (2.bias)" in message and "unexpected 1 keys (extra)" in message
+    assert "0.weight [5, 3, 3, 3] vs [4, 3, 3, 3]" in message
+    assert not out.exists()
+
+
+def test_non_finite_result_is_an_error(tmp_path, checkpoints):
+    state = random_state(5)
+    state["0.weight"][0, 0, 0, 0] = float("inf")
+    torch.save(state, tmp_path / "inf.pt")
+    with pytest.raises(CheckpointError, match=r"non-finite values in 0\.weight"):
+        merge_checkpoints([*checkpoints, tmp_path / "inf.pt"], tmp_path / "out.pt")
+    assert not (tmp_path / "out.pt").exists()
+
+
+def test_refuses_to_overwrite_without_force(tmp_path, checkpoints):
+    existing = tmp_path / "exists.pt"
+    existing.write_bytes(b"keep me")
+    with pytest.raises(RlError, match="refusing to overwrite"):
+        merge_checkpoints(checkpoints, existing)
+    assert existing.read_bytes() == b"keep me"
+    before = checkpoints[0].read_bytes()
+    with pytest.raises(RlError, match="refusing to overwrite input"):
+        merge_checkpoints(checkpoints, checkpoints[0])
+    assert checkpoints[0].read_bytes() == before
+    merge_checkpoints(checkpoints, existing, force=True)
+    assert set(torch.load(existing, weights_only=True)) == set(random_state(0))
+
+
+def test_unsafe_pickle_is_refused(tmp_path, checkpoints):
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, ("true",))
+
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(pickle.dumps({"w": Exploit()}, protocol=2))
+    with pytest.raises(CheckpointError, match="refused"):
+        merge_checkpoints([*checkpoints, evil], tmp_path / "out.pt")
+
+
+def test_inputs_from_folders_and_globs(tmp_path, checkpoints):
+    assert resolve_inputs([str(tmp_path)]) == sorted(checkpoints)
+    assert resolve_inputs([str(tmp_path / "epoch[12].pt")]) == checkpoints[1:3]
+    with pytest.raises(RlError, match="no such checkpoint"):
+        resolve_inputs([str(tmp_path / "missing.pt")])
+
+
+def test_weights_option_is_validated():
+    assert parse_weights("1,2", 2) == [1.0, 2.0]
+    for text, count in [("1,2", 3), ("a,b", 2), ("-1,2", 2), ("0,0", 2)]:
+        with pytest.raises(UsageError):
+            parse_weights(text, count)
+
+
+def write_images(folder, count: int, seed: int = 0):
+    folder.mkdir()
+    generator = torch.Generator().manual_seed(seed)
+    for index in range(count):
+        pixels = torch.randint(0, 256, (20, 20, 3), generator=generator, dtype=torch.uint8)
+        Image.fromarray(pixels.numpy()).save(folder / f"{index}.png")
+
+
+def test_batchnorm_recompute_matches_update_bn(tmp_path):
+    from rlcli.core.images import Preprocess, batches, find_images
+
+    info = CheckpointInfo(arch="tiny_models:BatchNormNet")
+    paths = []
+    for seed in range(2):
+        torch.manual_seed(seed)
+        paths.append(save_checkpoint(tmp_path / f"{seed}.pt", tiny_bn_state(), info))
+    write_images(tmp_path / "images", 10)
+    out = tmp_path / "swa.pt"
+    report = merge_checkpoints(paths, out, bn_data=tmp_path / "images", bn_batch_size=5)
+    assert report.bn_recomputed and report.bn_layers == 1 and report.bn_images == 10
+    merged = load_checkpoint(out).state_dict
+
+    from tiny_models import BatchNormNet
+
+    plain = tmp_path / "plain.pt"
+    merge_checkpoints(paths, plain)
+    reference = BatchNormNet()
+    reference.load_state_dict(load_checkpoint(plain).state_dict)
+    preprocess = Preprocess.for_crop(224)
+    torch.optim.swa_utils.update_bn(batches(find_images(tmp_path / "images"), preprocess, 5), reference)
+    for key, value in reference.state_dict().items():
+        torch.testing.assert_close(merged[key], value, rtol=1e-5, atol=1e-6)
+    # The statistics are those of the data: BN sits first, so its running mean is the inputs' channel mean
+    # (update_bn averages batch means equally, which is the plain mean here as both batches hold 5 images).
+    data = torch.cat(list(batches(find_images(tmp_path / "images"), preprocess, 5)))
+    torch.testing.assert_close(merged["norm.running_mean"], data.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
+    assert not torch.equal(merged["norm.running_mean"], load_checkpoint(plain).state_dict["norm.running_mean"])
+
+
+def tiny_bn_state():
+    from tiny_models import BatchNormNet
+
+    net = BatchNormNet()
+    net.norm.running_mean.normal_()
+    return net.state_dict()
+
+
+def test_cli_report_and_json(rl, tmp_path, checkpoints):
+    out = tmp_path / "swa.safetensors"
+    result = rl("swa-merge", *map(str, checkpoints), "-o", str(out), "--json")
+    assert result.code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["inputs"] == [str(p) for p in checkpoints]
+    assert report["output_format"] == "safetensors"
+    assert report["copied"] == ["1.num_batches_tracked"]
+    text = rl("swa-merge", str(tmp_path / "epoch*.pt"), "-o", str(tmp_path / "t.pt"))
+    assert text.code == 0, text.stderr
+    assert "SHA-256:" in text.stdout and "1 copied from the last input" in text.stdout
+    again = rl("swa-merge", *map(str, checkpoints), "-o", str(out))
+    assert again.code == 1 and again.stderr.startswith("error: refusing to overwrite")
+    assert rl("swa-merge", str(checkpoints[0]), "-o", str(tmp_path / "x.pt"), "--weights", "1,2").code == 2
