@@ -31,7 +31,7 @@ def test_self_describing_round_trip(tmp_path, weights, suffix):
     info = CheckpointInfo(
         arch="tiny", model_args={"num_classes": 10}, class_names=list("abcdefghij"), extra={"lam": 0.1}
     )
-    path = save_checkpoint(tmp_path / f"model{suffix}", weights, info)
+    path = save_checkpoint(tmp_path / f"model{suffix}", weights, info).path
     loaded = load_checkpoint(path)
     assert_same(loaded.state_dict, weights)
     assert loaded.info == info
@@ -39,7 +39,7 @@ def test_self_describing_round_trip(tmp_path, weights, suffix):
 
 @pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
 def test_plain_state_dict_has_no_info(tmp_path, weights, suffix):
-    loaded = load_checkpoint(save_checkpoint(tmp_path / f"plain{suffix}", weights))
+    loaded = load_checkpoint(save_checkpoint(tmp_path / f"plain{suffix}", weights).path)
     assert loaded.info is None
     assert_same(loaded.state_dict, weights)
 

@@ -83,7 +83,7 @@ def test_weighted_average_is_normalised(tmp_path, checkpoints):
 def test_dtype_is_preserved(tmp_path, dtype):
     paths = []
     for seed in range(3):
-        paths.append(save_checkpoint(tmp_path / f"{seed}.safetensors", random_state(seed, dtype)))
+        paths.append(save_checkpoint(tmp_path / f"{seed}.safetensors", random_state(seed, dtype)).path)
     out = tmp_path / "avg.safetensors"
     merge_checkpoints(paths, out)
     merged = load_checkpoint(out).state_dict
@@ -97,7 +97,7 @@ def test_nested_prefixed_and_mixed_formats(tmp_path):
     torch.save({"state_dict": {f"module.{k}": v for k, v in random_state(0).items()}, "epoch": 1}, a)
     b = tmp_path / "b.pth"
     torch.save({"model": {f"_orig_mod.{k}": v for k, v in random_state(1).items()}}, b)
-    c = save_checkpoint(tmp_path / "c.safetensors", random_state(2))
+    c = save_checkpoint(tmp_path / "c.safetensors", random_state(2)).path
     out = tmp_path / "out.pt"
     merge_checkpoints([a, b, c], out)
     merged = torch.load(out, weights_only=True)
@@ -131,7 +131,7 @@ def test_ema_weights_are_preferred_when_asked(tmp_path):
 
 def test_self_describing_checkpoints_keep_their_info(tmp_path):
     info = CheckpointInfo(arch="resnet18", class_names=["a", "b"])
-    paths = [save_checkpoint(tmp_path / f"{s}.safetensors", random_state(s), info) for s in range(2)]
+    paths = [save_checkpoint(tmp_path / f"{s}.safetensors", random_state(s), info).path for s in range(2)]
     merge_checkpoints(paths, tmp_path / "avg.safetensors")
     assert load_checkpoint(tmp_path / "avg.safetensors").info == info
 
@@ -215,7 +215,7 @@ def test_batchnorm_recompute_matches_update_bn(tmp_path):
     paths = []
     for seed in range(2):
         torch.manual_seed(seed)
-        paths.append(save_checkpoint(tmp_path / f"{seed}.pt", tiny_bn_state(), info))
+        paths.append(save_checkpoint(tmp_path / f"{seed}.pt", tiny_bn_state(), info).path)
     write_images(tmp_path / "images", 10)
     out = tmp_path / "swa.pt"
     report = merge_checkpoints(paths, out, bn_data=tmp_path / "images", bn_batch_size=5)

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rlcli.core.files import atomic_path, atomic_write
+from rlcli.core.files import HashingWriter, WrittenFile, atomic_path, atomic_write, sha256_file
 from rlcli.errors import CheckpointError
 
 FORMAT_NAME = "rlcli-checkpoint"
@@ -62,6 +62,7 @@ class Checkpoint:
     info: CheckpointInfo | None = None
     container_key: str | None = None  # where the tensors were found, e.g. "state_dict_ema"; None at top level
     raw: Any = field(default=None, repr=False)  # the file's whole content, for writers that keep its structure
+    memory_mapped: bool = False  # tensors are views of the file, read from disk only when touched
 
 
 def load_checkpoint(path: str | Path, *, prefer_ema: bool = False, mmap: bool = True) -> Checkpoint:
@@ -81,12 +82,19 @@ def load_checkpoint(path: str | Path, *, prefer_ema: bool = False, mmap: bool = 
         raise CheckpointError(f"no such checkpoint file: {path}")
     if path.suffix == SAFETENSORS_SUFFIX:
         return _load_safetensors(path)
-    raw = _torch_load(path, mmap=mmap)
+    raw, mapped = _torch_load(path, mmap=mmap)
     info = None
     if isinstance(raw, dict) and raw.get("format") == FORMAT_NAME:
         info = CheckpointInfo.from_mapping(raw)
     tensors, key = find_state_dict(raw, prefer_ema=prefer_ema, source=path)
-    return Checkpoint(path=path, state_dict=strip_wrapper_prefixes(tensors), info=info, container_key=key, raw=raw)
+    return Checkpoint(
+        path=path,
+        state_dict=strip_wrapper_prefixes(tensors),
+        info=info,
+        container_key=key,
+        raw=raw,
+        memory_mapped=mapped,
+    )
 
 
 def _load_safetensors(path: Path) -> Checkpoint:
@@ -107,9 +115,9 @@ def _load_safetensors(path: Path) -> Checkpoint:
     return Checkpoint(path=path, state_dict=strip_wrapper_prefixes(tensors), info=info)
 
 
-def _torch_load(path: Path, *, mmap: bool) -> Any:
+def _torch_load(path: Path, *, mmap: bool) -> tuple[Any, bool]:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap), mmap
     except pickle.UnpicklingError as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsupported content"
         if "Weights only load failed" in reason or "Unsupported" in str(exc):
@@ -178,17 +186,24 @@ def save_checkpoint(path: str | Path, state_dict: dict[str, torch.Tensor], info:
         metadata = {"rlcli": info.to_json()} if info else None
         with atomic_path(path) as temp:
             save_file(_unshare(tensors), str(temp), metadata=metadata)
-    elif path.suffix in TORCH_SUFFIXES:
+            digest = sha256_file(temp)
+        return WrittenFile(path, path.stat().st_size, digest)
+    if path.suffix in TORCH_SUFFIXES:
         payload: dict[str, Any] = tensors
         if info:
             payload = {**json.loads(info.to_json()), "state_dict": tensors}
-        with atomic_write(path) as handle:
-            torch.save(payload, handle)
-    else:
-        raise CheckpointError(
-            f"{path}: unknown checkpoint extension; use {SAFETENSORS_SUFFIX} or one of {', '.join(TORCH_SUFFIXES)}"
-        )
-    return path
+        return save_torch_file(path, payload)
+    raise CheckpointError(
+        f"{path}: unknown checkpoint extension; use {SAFETENSORS_SUFFIX} or one of {', '.join(TORCH_SUFFIXES)}"
+    )
+
+
+def save_torch_file(path: Path, payload: Any) -> WrittenFile:
+    """``torch.save`` atomically, hashing the bytes on their way to disk."""
+    with atomic_write(path) as handle:
+        writer = HashingWriter(handle)
+        torch.save(payload, writer)
+    return WrittenFile(path, writer.size, writer.digest.hexdigest())
 
 
 def _unshare(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

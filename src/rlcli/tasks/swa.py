@@ -10,8 +10,8 @@ recomputed in one pass, as ``torch.optim.swa_utils.update_bn`` does.
 from __future__ import annotations
 
 import glob
-import hashlib
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,9 +27,10 @@ from rlcli.core.checkpoints import (
     list_some,
     load_checkpoint,
     save_checkpoint,
+    save_torch_file,
     strip_wrapper_prefixes,
 )
-from rlcli.core.files import atomic_write
+from rlcli.core.files import WrittenFile
 from rlcli.errors import CheckpointError, RlError, UsageError
 
 Progress = Callable[[str, int, int], None]
@@ -121,7 +122,6 @@ def merge_checkpoints(
     if len(raw_weights) != len(inputs):
         raise UsageError(f"{len(raw_weights)} weights for {len(inputs)} checkpoints")
     _check_output(output, inputs, force=force, keep_structure=keep_structure)
-    layout = _check_same_layout(inputs, prefer_ema, report)
     if bn_data is not None:
         from rlcli.core.images import find_images
 
@@ -129,7 +129,8 @@ def merge_checkpoints(
         if not bn_images:
             raise RlError(f"no images in {bn_data}")
 
-    averaged, last = _average(inputs, raw_weights, layout, prefer_ema, report)
+    layout, sums, last = _accumulate(inputs, raw_weights, prefer_ema, report)
+    averaged = _finish_average(sums, sum(raw_weights), layout, last)
     copied = [name for name, (_, dtype) in layout.items() if not dtype.is_floating_point]
     info = last.info
     notes = []
@@ -157,8 +158,8 @@ def merge_checkpoints(
         copied=copied,
         output=str(output),
         output_format="safetensors" if output.suffix == SAFETENSORS_SUFFIX else "torch",
-        output_bytes=written.stat().st_size,
-        sha256=_sha256(written),
+        output_bytes=written.size,
+        sha256=written.sha256,
         keep_structure=keep_structure,
         bn_recomputed=bn_data is not None,
         bn_layers=result["bn_layers"],
@@ -189,19 +190,48 @@ def _check_output(output: Path, inputs: list[Path], *, force: bool, keep_structu
 Layout = dict[str, tuple[tuple[int, ...], torch.dtype]]
 
 
-def _check_same_layout(inputs: list[Path], prefer_ema: bool, report: Progress) -> Layout:
-    """Keys, shapes and dtypes of the first checkpoint; every other must have the same keys and shapes."""
+def _accumulate(
+    inputs: list[Path], weights: list[float], prefer_ema: bool, report: Progress
+) -> tuple[Layout, dict[str, torch.Tensor], Checkpoint]:
+    """Check every checkpoint against the first and add its floating tensors, weighted, into float64 sums.
+
+    Each file is unpickled once (the safe unpickler dominates load time). While one checkpoint is being read and
+    checked, a worker thread adds the previous one into the sums (``add_`` releases the GIL), so at most two
+    checkpoints are open at a time; torch files are memory-mapped and only read as they are added. A mismatch
+    stops everything before anything is written.
+    """
     reference: Layout = {}
-    for index, path in enumerate(inputs):
-        checkpoint = load_checkpoint(path, prefer_ema=prefer_ema)
-        layout = {name: (tuple(t.shape), t.dtype) for name, t in checkpoint.state_dict.items()}
-        del checkpoint
-        if index == 0:
-            reference = layout
-        else:
-            _compare_layouts(inputs[0], reference, path, layout)
-        report("checking", index + 1, len(inputs))
-    return reference
+    sums: dict[str, torch.Tensor] = {}
+    last: Checkpoint | None = None
+    with ThreadPoolExecutor(max_workers=1) as adder:
+        pending: Future | None = None
+        for index, (path, weight) in enumerate(zip(inputs, weights, strict=True)):
+            checkpoint = load_checkpoint(path, prefer_ema=prefer_ema)
+            layout = {name: (tuple(t.shape), t.dtype) for name, t in checkpoint.state_dict.items()}
+            if index == 0:
+                reference = layout
+                sums = {
+                    n: torch.zeros(shape, dtype=torch.float64)
+                    for n, (shape, dt) in layout.items()
+                    if dt.is_floating_point
+                }
+            else:
+                _compare_layouts(inputs[0], reference, path, layout)
+            if pending is not None:
+                pending.result()  # bound memory: the previous checkpoint is fully added before this one starts
+            pending = adder.submit(_add_into, sums, checkpoint.state_dict, weight)
+            last = checkpoint
+            report("averaging", index + 1, len(inputs))
+        if pending is not None:
+            pending.result()
+    assert last is not None
+    return reference, sums, last
+
+
+def _add_into(sums: dict[str, torch.Tensor], state: dict[str, torch.Tensor], weight: float) -> None:
+    for name, total in sums.items():
+        # add_ promotes each float32/16 tensor into the float64 sum without a temporary copy.
+        total.add_(state[name], alpha=weight)
 
 
 def _compare_layouts(first: Path, reference: Layout, path: Path, layout: Layout) -> None:
@@ -223,31 +253,16 @@ def _compare_layouts(first: Path, reference: Layout, path: Path, layout: Layout)
         raise CheckpointError(f"{path} does not match {first}: " + "; ".join(parts) + "; nothing written")
 
 
-def _average(
-    inputs: list[Path], weights: list[float], layout: Layout, prefer_ema: bool, report: Progress
-) -> tuple[dict[str, torch.Tensor], Checkpoint]:
-    accumulator = {
-        name: torch.zeros(shape, dtype=torch.float64)
-        for name, (shape, dtype) in layout.items()
-        if dtype.is_floating_point
-    }
-    last: Checkpoint | None = None
-    for index, (path, weight) in enumerate(zip(inputs, weights, strict=True)):
-        last = None  # release the previous checkpoint (and its memory map) before reading the next
-        checkpoint = load_checkpoint(path, prefer_ema=prefer_ema)
-        for name, total in accumulator.items():
-            # add_ promotes each float32/16 tensor into the float64 sum without a temporary copy.
-            total.add_(checkpoint.state_dict[name], alpha=weight)
-        last = checkpoint
-        report("averaging", index + 1, len(inputs))
-    assert last is not None
-    weight_sum = sum(weights)
+def _finish_average(
+    sums: dict[str, torch.Tensor], weight_sum: float, layout: Layout, last: Checkpoint
+) -> dict[str, torch.Tensor]:
+    """Divide the sums and cast back to each tensor's dtype; integer and bool tensors come from ``last``."""
     averaged: dict[str, torch.Tensor] = {}
     non_finite = []
     for name, (_, dtype) in layout.items():
-        if name in accumulator:
+        if name in sums:
             # Converting entry by entry frees each float64 sum as its output tensor is made: peak stays ~2x.
-            value = accumulator.pop(name).div_(weight_sum).to(dtype)
+            value = sums.pop(name).div_(weight_sum).to(dtype)
             if not torch.isfinite(value).all():
                 non_finite.append(name)
         else:
@@ -255,7 +270,7 @@ def _average(
         averaged[name] = value
     if non_finite:
         raise CheckpointError(f"the average has non-finite values in {list_some(non_finite)}; nothing written")
-    return averaged, last
+    return averaged
 
 
 def _recompute_batchnorm(
@@ -305,7 +320,7 @@ def _write(
     info: CheckpointInfo | None,
     structure_from: Checkpoint | None,
     prefer_ema: bool,
-) -> Path:
+) -> WrittenFile:
     if structure_from is None or structure_from.raw is None or structure_from.container_key is None:
         return save_checkpoint(output, state, info)
     # Keep the last input's nesting and its own key names (prefixes included); swap in the averaged tensors.
@@ -313,14 +328,4 @@ def _write(
     names = {stripped: name for name, stripped in zip(original, strip_wrapper_prefixes(original), strict=True)}
     payload = dict(structure_from.raw)
     payload[key] = {names[name]: tensor for name, tensor in state.items()}
-    with atomic_write(output) as handle:
-        torch.save(payload, handle)
-    return output
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return save_torch_file(output, payload)
