@@ -11,18 +11,19 @@ import sys
 import typer
 
 from rlcli import __version__
-from rlcli.cli import _common, models, summary, swa_merge
+from rlcli.cli import _common, generate, models, summary, swa_merge
 
 HELP = """Inspect and run the classic networks of a deep-learning reading list.
 
 Examples:
 
 \b
-  rl models resnet             # what rl knows (no torch import)
-  rl summary swin_t            # layers, params, MACs/FLOPs, memory
+  rl models resnet                   # what rl knows (no torch import)
+  rl summary swin_t                  # layers, params, MACs/FLOPs, memory
   rl summary resnet50 resnext50_32x4d --depth 1
   rl summary mypkg.nets:Net --input-size 1x28x28 --json
-  rl swa-merge ckpt/*.pt -o swa.pt         # average checkpoints (SWA)
+  rl generate --top-k 40 "Hello"     # GPT-2 text, streamed
+  rl swa-merge ckpt/*.pt -o swa.pt   # average checkpoints (SWA)
 """
 
 app = typer.Typer(
@@ -55,6 +56,7 @@ def _root(
 summary.register(app)
 models.register(app)
 swa_merge.register(app)
+generate.register(app)
 
 
 def main() -> None:

@@ -131,12 +131,22 @@ def footer(summary: ModelSummary) -> list[str]:
         f"MACs: {thousands(summary.macs)} ({si(summary.macs)}); FLOPs: {thousands(summary.flops)} "
         f"({si(summary.flops)}), FLOPs = 2 x MACs",
         f"Activations: {size_bytes(summary.activation_bytes)} (outputs of every leaf module in one forward pass)",
+        *_per_token(summary),
         f"Counted by {summary.counter} on {where}. Params and MACs of a row include its submodules.",
         f"Convention: {summary.convention}.",
     ]
     if summary.uncounted_ops:
         lines.append(f"Not counted by fvcore: {', '.join(summary.uncounted_ops)}.")
     return lines
+
+
+def _per_token(summary: ModelSummary) -> list[str]:
+    if summary.macs_per_token is None:
+        return []
+    return [
+        f"MACs per token: {thousands(summary.macs_per_token)} ({si(summary.macs_per_token)}) at sequence length "
+        f"{summary.tokens}, full forward pass (attention grows with length; `--input-size N` sets it)"
+    ]
 
 
 def comparison_rows(summaries: list[ModelSummary]) -> list[list[str]]:

@@ -110,10 +110,32 @@ def profile_forward(model: nn.Module, inputs: tuple[Any, ...] | dict[str, Any]) 
                 model(*inputs)
         except Exception as exc:
             raise ModelRunError(_describe_failure(counter.stack, exc)) from exc
-    called = [r for r in records.values() if r.calls]
-    called.sort(key=lambda r: r.first_call)
+    _fill_uncalled_containers(model, records)
+    called = [r for r in records.values() if r.calls or r.macs]
+    called.sort(key=lambda r: (r.first_call, r.depth))
     activation = sum(r.output_bytes for r in called if r.is_leaf)
     return ForwardProfile(modules=called, total_macs=counter.total_macs, activation_bytes=activation)
+
+
+def _fill_uncalled_containers(model: nn.Module, records: dict[str, ModuleRecord]) -> None:
+    """Give containers that never run themselves (a ModuleList, a namespace module) their children's work.
+
+    Such a container is listed just before its first descendant that ran, with the MACs of its subtree.
+    """
+
+    def visit(prefix: str, module: nn.Module) -> tuple[int, int]:
+        record = records[prefix]
+        subtree = [visit(f"{prefix}.{name}" if prefix else name, child) for name, child in module.named_children()]
+        if record.calls:
+            return record.macs, record.first_call
+        ran = [(macs, first) for macs, first in subtree if first >= 0]
+        if ran:
+            record.macs = sum(macs for macs, _ in ran)
+            record.first_call = min(first for _, first in ran)
+            record.calls = 0
+        return record.macs, record.first_call
+
+    visit("", model)
 
 
 def _new_record(name: str, module: nn.Module) -> ModuleRecord:

@@ -20,7 +20,7 @@ from rlcli.errors import ModelNotFoundError
 from rlcli.models.catalog import suggest
 
 # Modules holding rlcli's own architectures; imported on first use of the registry so that they can register.
-_OWN_MODEL_MODULES: tuple[str, ...] = ()
+_OWN_MODEL_MODULES: tuple[str, ...] = ("rlcli.models.gpt2",)
 
 Builder = Callable[..., nn.Module]
 

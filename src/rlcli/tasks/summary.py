@@ -54,6 +54,8 @@ class ModelSummary:
     counted_on: str
     layers: list[LayerRow] = field(default_factory=list)
     uncounted_ops: list[str] = field(default_factory=list)
+    tokens: int | None = None  # for language models: tokens per sequence in the example input
+    macs_per_token: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -159,7 +161,10 @@ def _assemble(
         for record in profile.modules
         if depth is None or record.depth <= depth
     ]
+    tokens = size[0] * batch_size if spec.input_kind == "tokens" else None
     return ModelSummary(
+        tokens=size[0] if tokens else None,
+        macs_per_token=int(profile.total_macs) // tokens if tokens else None,
         model=spec.name,
         family=spec.family,
         source=spec.source,

@@ -1,0 +1,144 @@
+"""`rl generate [PROMPT]`: text from a GPT-2 model, streamed token by token."""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from typing import TYPE_CHECKING
+
+import typer
+
+from rlcli.cli._common import note, print_json, stdout_is_terminal, warn
+
+if TYPE_CHECKING:
+    from rlcli.tasks.generate import GenerationResult
+
+HELP = """Generate text with a GPT-2 model: KV cache, temperature, top-k/top-p, seeds, streaming.
+
+The prompt is PROMPT, or stdin when PROMPT is '-' or absent and stdin is piped. Only the continuation is printed
+(--echo prepends the prompt); on a terminal it streams token by token. --model takes a folder in the Hugging Face
+layout (config.json, model.safetensors or pytorch_model.bin, tokenizer.json or vocab.json + merges.txt) or a Hub
+name (gpt2, openai-community/gpt2, distilgpt2) found in the local Hugging Face cache. rl never downloads.
+
+Sampling defaults are Hugging Face's: temperature 1, top-k 50, top-p 1 (off); --temperature 0 is greedy.
+
+Examples:
+
+\b
+  rl generate --top-k 40 "Hello"
+  echo "The meaning of life is" | rl generate -n 50 --seed 1
+  rl generate -m ./my-gpt2 --temperature 0 --stop "\\n\\n" "Q: What is SWA?\\nA:"
+  rl generate --num-samples 3 --json "Once upon a time" | jq -r '.samples[].text'
+"""
+
+
+class DType(str, Enum):
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+def register(app: typer.Typer) -> None:
+    app.command("generate", help=HELP)(generate_command)
+
+
+def generate_command(
+    prompt: str | None = typer.Argument(None, help="The prompt; '-' or absent reads stdin."),
+    model: str = typer.Option("gpt2", "--model", "-m", help="Folder or Hub name in the local cache."),
+    max_new_tokens: int = typer.Option(100, "--max-new-tokens", "-n", help="Tokens to generate per sample."),
+    temperature: float = typer.Option(1.0, "--temperature", "-t", help="Sampling temperature; 0 = greedy."),
+    top_k: int = typer.Option(50, "--top-k", help="Sample from the k most likely tokens; 0 = off."),
+    top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling: smallest set with this mass; 1 = off."),
+    repetition_penalty: float = typer.Option(1.0, "--repetition-penalty", help="> 1 discourages repeats."),
+    seed: int | None = typer.Option(None, "--seed", help="Same seed, same machine -> same text."),
+    num_samples: int = typer.Option(1, "--num-samples", help="Independent samples, generated as one batch."),
+    stop: list[str] = typer.Option([], "--stop", help="End a sample at this string (repeatable)."),
+    ignore_eos: bool = typer.Option(False, "--ignore-eos", help="Keep going past <|endoftext|>."),
+    dtype: DType = typer.Option(DType.float32, "--dtype", help="Weights and activations dtype."),
+    device: Device = typer.Option(Device.auto, "--device", help="auto picks cuda when available."),
+    echo: bool = typer.Option(False, "--echo", help="Print the prompt before the continuation."),
+    stream: bool | None = typer.Option(None, "--stream/--no-stream", help="Stream tokens (default: on a terminal)."),
+    stats: bool = typer.Option(False, "--stats", help="Print token counts and speed to stderr."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON document with ids and log-probs."),
+) -> None:
+    from rlcli.tasks.generate import Generator, SamplingOptions, load_language_model
+
+    options = SamplingOptions(
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        repetition_penalty=repetition_penalty,
+        seed=seed,
+        num_samples=num_samples,
+        stop=tuple(decode_escapes(s) for s in stop),
+        ignore_eos=ignore_eos,
+    )
+    options.validate()
+    text = read_prompt(prompt)
+    lm = load_language_model(model, dtype=dtype.value, device=device.value)
+    streaming = (stdout_is_terminal() if stream is None else stream) and not json_out and num_samples == 1
+    if streaming and echo:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    result = Generator(lm).generate(text, options, on_text=write_through if streaming else None)
+    for message in result.warnings:
+        warn(message)
+    if json_out:
+        print_json(result.to_dict())
+    elif streaming:
+        sys.stdout.write("\n")
+    else:
+        print_samples(result, echo)
+    if stats:
+        print_stats(result)
+    if result.interrupted:
+        sys.stdout.flush()
+        raise KeyboardInterrupt
+
+
+def read_prompt(prompt: str | None) -> str:
+    from rlcli.errors import RlError, UsageError
+
+    if prompt is not None and prompt != "-":
+        return prompt
+    if sys.stdin is None or (prompt is None and sys.stdin.isatty()):
+        raise UsageError("no prompt: give PROMPT, or pipe text on stdin ('' starts from <|endoftext|>)")
+    data = sys.stdin.buffer.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RlError(f"stdin is not UTF-8 text (byte {exc.start}: {data[exc.start : exc.start + 1]!r})") from None
+
+
+def decode_escapes(text: str) -> str:
+    """``\\n`` and ``\\t`` typed in a shell become the characters (for --stop)."""
+    return text.replace("\\n", "\n").replace("\\t", "\t")
+
+
+def write_through(index: int, delta: str) -> None:
+    sys.stdout.write(delta)
+    sys.stdout.flush()
+
+
+def print_samples(result: GenerationResult, echo: bool) -> None:
+    many = len(result.samples) > 1
+    for index, sample in enumerate(result.samples):
+        if many:
+            sys.stdout.write(f"{'' if index == 0 else chr(10)}--- sample {index + 1} ---\n")
+        sys.stdout.write((result.prompt if echo else "") + sample.text + "\n")
+    sys.stdout.flush()
+
+
+def print_stats(result: GenerationResult) -> None:
+    s = result.stats
+    note(
+        f"model {result.model}: load {s.load_seconds:.2f} s; prompt {s.prompt_tokens} tokens; "
+        f"{s.new_tokens} new tokens; time to first token {s.time_to_first_token * 1000:.0f} ms; "
+        f"{s.tokens_per_second:.1f} tokens/s after it; seed {result.seed}"
+    )

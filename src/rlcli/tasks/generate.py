@@ -1,0 +1,376 @@
+"""`rl generate`: GPT-2-style decoding with a KV cache, temperature, top-k/top-p, repetition penalty and seeds.
+
+Loading resolves a model offline: a folder in the Hugging Face layout, a Hub name found in the local Hugging Face
+cache, or the model bundled with rlcli. Sampling follows Hugging Face ``generate``'s order of operations:
+repetition penalty, temperature, top-k, top-p, then a draw from the renormalised distribution.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlcli.core.checkpoints import load_checkpoint, load_into
+from rlcli.core.hub import find_hf_snapshot
+from rlcli.core.text import END_OF_TEXT, load_tokenizer
+from rlcli.errors import CheckpointError, RlError, UsageError
+from rlcli.models.gpt2 import GPT2, GPT2Config, KVCache, from_hf_state_dict
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+TextCallback = Callable[[int, str], None]
+
+
+# --- loading -------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LanguageModel:
+    name: str
+    folder: Path
+    model: GPT2
+    tokenizer: Any
+    eos_id: int | None
+    dtype: torch.dtype
+    device: torch.device
+    load_seconds: float
+
+    @property
+    def config(self) -> GPT2Config:
+        return self.model.config
+
+
+def resolve_model_folder(name: str) -> Path:
+    """A folder as given, else the snapshot of a Hub repository in the local Hugging Face cache."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise RlError(f"{path} is a file; give the folder that holds config.json and the weights")
+    lookup = find_hf_snapshot(name)
+    if lookup.snapshot is not None:
+        return lookup.snapshot
+    looked = ", ".join(str(p) for p in lookup.looked_in)
+    repo = f"openai-community/{name}" if name.startswith("gpt2") else name
+    raise RlError(
+        f"model '{name}' is not a folder and not in the local Hugging Face cache (looked in {looked}); "
+        f"rl never downloads. Fetch it once with `hf download {repo} config.json model.safetensors "
+        f"tokenizer.json`, or pass a folder with --model DIR"
+    )
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RlError("--device cuda: no CUDA device is available (torch sees none)")
+    if device not in ("cpu", "cuda"):
+        raise UsageError(f"unknown device '{device}': choose auto, cpu or cuda")
+    return torch.device(device)
+
+
+def load_language_model(name: str, *, dtype: str = "float32", device: str = "auto") -> LanguageModel:
+    """Load a GPT-2 checkpoint in the Hugging Face layout, offline.
+
+    Example:
+        >>> lm = load_language_model("gpt2")          # from ~/.cache/huggingface/hub
+        >>> lm = load_language_model("./my-gpt2", dtype="bfloat16")
+    """
+    if dtype not in DTYPES:
+        raise UsageError(f"unknown dtype '{dtype}': choose {', '.join(DTYPES)}")
+    started = time.perf_counter()
+    target = resolve_device(device)
+    folder = resolve_model_folder(name)
+    config = read_gpt2_config(folder)
+    tokenizer = load_tokenizer(folder)
+    if tokenizer.get_vocab_size() > config.vocab_size:
+        raise CheckpointError(
+            f"{folder}: the tokenizer has {tokenizer.get_vocab_size()} tokens but the model's vocabulary has "
+            f"{config.vocab_size}: they do not belong together"
+        )
+    model = load_gpt2_weights(folder, config).to(device=target, dtype=DTYPES[dtype]).eval()
+    eos = tokenizer.token_to_id(END_OF_TEXT)
+    return LanguageModel(
+        name=name,
+        folder=folder,
+        model=model,
+        tokenizer=tokenizer,
+        eos_id=eos,
+        dtype=DTYPES[dtype],
+        device=target,
+        load_seconds=time.perf_counter() - started,
+    )
+
+
+def read_gpt2_config(folder: Path) -> GPT2Config:
+    path = folder / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"{folder}: no config.json")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("model_type", "gpt2") != "gpt2":
+            raise CheckpointError(f"{path}: model_type is '{data['model_type']}'; rl generate runs GPT-2 models")
+        return GPT2Config.from_hf(data)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path}: not a GPT-2 config ({type(exc).__name__}: {exc})") from exc
+
+
+def load_gpt2_weights(folder: Path, config: GPT2Config) -> GPT2:
+    weights = next((folder / f for f in WEIGHT_FILES if (folder / f).is_file()), None)
+    if weights is None:
+        raise CheckpointError(f"{folder}: no weights (looked for {', '.join(WEIGHT_FILES)})")
+    state = from_hf_state_dict(load_checkpoint(weights).state_dict)
+    with torch.device("meta"):
+        model = GPT2(config)  # no initialisation work: every tensor comes from the file
+    state["lm_head.weight"] = state.get("transformer.wte.weight", torch.empty(0))
+    load_into(model, state, source=str(weights), assign=True)
+    model.lm_head.weight = model.transformer.wte.weight  # assign=True made two Parameters; tie them again
+    return model
+
+
+# --- sampling ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    max_new_tokens: int = 100
+    temperature: float = 1.0  # 0 = greedy
+    top_k: int = 50  # 0 = off
+    top_p: float = 1.0  # 1 = off
+    repetition_penalty: float = 1.0  # 1 = off; CTRL's penalty, as Hugging Face applies it
+    seed: int | None = None
+    num_samples: int = 1
+    stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
+
+    def validate(self) -> None:
+        if self.max_new_tokens < 1:
+            raise UsageError("--max-new-tokens must be at least 1")
+        if self.temperature < 0 or self.temperature != self.temperature:
+            raise UsageError(f"--temperature must be >= 0 (0 = greedy), not {self.temperature}")
+        if self.top_k < 0:
+            raise UsageError(f"--top-k must be >= 0 (0 = off), not {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise UsageError(f"--top-p must be in (0, 1], not {self.top_p}")
+        if self.repetition_penalty <= 0:
+            raise UsageError(f"--repetition-penalty must be > 0, not {self.repetition_penalty}")
+        if self.num_samples < 1:
+            raise UsageError("--num-samples must be at least 1")
+        if any(not s for s in self.stop):
+            raise UsageError("--stop strings must not be empty")
+
+
+def next_token_scores(logits: torch.Tensor, options: SamplingOptions, seen: torch.Tensor | None) -> torch.Tensor:
+    """Processed scores [batch, vocab] whose softmax is the sampling distribution (-inf = excluded)."""
+    scores = logits
+    if seen is not None and options.repetition_penalty != 1.0:
+        penalised = torch.where(scores > 0, scores / options.repetition_penalty, scores * options.repetition_penalty)
+        scores = torch.where(seen, penalised, scores)
+    if options.temperature == 0:
+        return scores
+    scores = scores / options.temperature
+    if 0 < options.top_k < scores.shape[-1]:
+        kth = torch.topk(scores, options.top_k, dim=-1).values[:, -1:]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if options.top_p < 1.0:
+        ordered, order = torch.sort(scores, descending=True, dim=-1)
+        cumulative = ordered.softmax(dim=-1).cumsum(dim=-1)
+        # Drop a token when the tokens ranked above it already reach top_p; the first token always stays.
+        drop = (cumulative - ordered.softmax(dim=-1)) >= options.top_p
+        drop[:, 0] = False
+        scores = scores.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+    return scores
+
+
+def choose_tokens(scores: torch.Tensor, options: SamplingOptions, generator: torch.Generator) -> torch.Tensor:
+    if options.temperature == 0:
+        return scores.argmax(dim=-1)
+    return torch.multinomial(scores.softmax(dim=-1), 1, generator=generator).squeeze(1)
+
+
+# --- generation ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Sample:
+    text: str
+    token_ids: list[int]
+    logprobs: list[float]  # the model's own log-probability of each token (before any sampling processing)
+    finish_reason: str  # "length", "eos", "stop" or "interrupted"
+
+
+@dataclass
+class GenerationStats:
+    prompt_tokens: int
+    new_tokens: int
+    load_seconds: float
+    time_to_first_token: float
+    generate_seconds: float
+    tokens_per_second: float  # decoding rate after the first token, all samples together
+
+
+@dataclass
+class GenerationResult:
+    model: str
+    prompt: str
+    settings: dict[str, Any]
+    seed: int
+    samples: list[Sample]
+    stats: GenerationStats
+    warnings: list[str] = field(default_factory=list)
+    interrupted: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class _Stream:
+    """One sample's decoded text, produced incrementally and held back where it may still change."""
+
+    ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    text: str = ""
+    emitted: int = 0
+    finish_reason: str | None = None
+
+
+class Generator:
+    """Runs sampling loops over one loaded model."""
+
+    def __init__(self, lm: LanguageModel) -> None:
+        self.lm = lm
+
+    def generate(self, prompt: str, options: SamplingOptions, on_text: TextCallback | None = None) -> GenerationResult:
+        options.validate()
+        lm, config = self.lm, self.lm.config
+        warnings: list[str] = []
+        prompt_ids = lm.tokenizer.encode(prompt).ids if prompt else []
+        if not prompt_ids:
+            if lm.eos_id is None:
+                raise RlError("empty prompt, and the tokenizer has no <|endoftext|> token to start from")
+            prompt_ids = [lm.eos_id]  # GPT-2 starts unconditional samples from <|endoftext|>
+        room = config.n_positions - min(options.max_new_tokens, config.n_positions // 4)
+        if len(prompt_ids) > room:
+            warnings.append(
+                f"the prompt has {len(prompt_ids)} tokens; the context holds {config.n_positions}: kept its last {room}"
+            )
+            prompt_ids = prompt_ids[-room:]
+        seed = options.seed if options.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
+        streams = [_Stream() for _ in range(options.num_samples)]
+        started = time.perf_counter()
+        first_token_at: float | None = None
+        interrupted = False
+        with torch.inference_mode():
+            try:
+                first_token_at = self._loop(prompt_ids, options, seed, streams, on_text, warnings)
+            except KeyboardInterrupt:
+                interrupted = True
+        finished = time.perf_counter()
+        for index, stream in enumerate(streams):
+            if stream.finish_reason is None:
+                stream.finish_reason = "interrupted" if interrupted else "length"
+            self._emit(stream, index, options, on_text, final=True)
+        new_tokens = sum(len(s.ids) for s in streams)
+        first = first_token_at or finished
+        decode_tokens = new_tokens - len(streams)
+        return GenerationResult(
+            model=lm.name,
+            prompt=prompt,
+            settings={k: v for k, v in asdict(options).items() if k != "seed"} | {"dtype": str(lm.dtype)[6:]},
+            seed=seed,
+            samples=[Sample(s.text, s.ids, s.logprobs, s.finish_reason or "length") for s in streams],
+            stats=GenerationStats(
+                prompt_tokens=len(prompt_ids),
+                new_tokens=new_tokens,
+                load_seconds=lm.load_seconds,
+                time_to_first_token=first - started,
+                generate_seconds=finished - started,
+                tokens_per_second=decode_tokens / (finished - first) if decode_tokens > 0 and finished > first else 0.0,
+            ),
+            warnings=warnings,
+            interrupted=interrupted,
+        )
+
+    def _loop(self, prompt_ids, options, seed, streams, on_text, warnings) -> float | None:
+        lm, config = self.lm, self.lm.config
+        batch, device = options.num_samples, lm.device
+        generator = torch.Generator(device=device).manual_seed(seed)
+        history = torch.tensor([prompt_ids] * batch, dtype=torch.long, device=device)
+        seen = None
+        if options.repetition_penalty != 1.0:
+            seen = torch.zeros(batch, config.vocab_size, dtype=torch.bool, device=device)
+            seen[:, history[0]] = True
+        cache = KVCache(config, batch, config.n_positions, lm.dtype, device)
+        logits = lm.model(history, cache, last_only=True)[:, -1].float()
+        first_token_at = None
+        slid = False
+        for _ in range(options.max_new_tokens):
+            tokens = choose_tokens(next_token_scores(logits, options, seen), options, generator)
+            logprobs = logits.log_softmax(dim=-1).gather(1, tokens[:, None]).squeeze(1)
+            if first_token_at is None:
+                first_token_at = time.perf_counter()
+            if self._record(tokens.tolist(), logprobs.tolist(), streams, options, on_text):
+                break
+            if seen is not None:
+                seen[torch.arange(batch, device=device), tokens] = True
+            history = torch.cat([history, tokens[:, None]], dim=1)
+            if cache.filled + 1 > config.n_positions:
+                # Learned absolute positions cannot be shifted in the cache: re-encode the newest three quarters.
+                keep = config.n_positions - config.n_positions // 4
+                cache.filled = 0
+                logits = lm.model(history[:, -keep:], cache, last_only=True)[:, -1].float()
+                if not slid:
+                    warnings.append(f"generation passed the context of {config.n_positions} tokens: the window slid")
+                    slid = True
+            else:
+                logits = lm.model(tokens[:, None], cache)[:, -1].float()
+        return first_token_at
+
+    def _record(self, tokens, logprobs, streams, options, on_text) -> bool:
+        """Append one token to each unfinished sample; True when every sample has finished."""
+        tokenizer = self.lm.tokenizer
+        for index, (stream, token, logprob) in enumerate(zip(streams, tokens, logprobs, strict=True)):
+            if stream.finish_reason is not None:
+                continue
+            stream.ids.append(token)
+            stream.logprobs.append(logprob)
+            if token == self.lm.eos_id and not options.ignore_eos:
+                stream.finish_reason = "eos"
+                continue
+            before = len(stream.text)
+            stream.text = tokenizer.decode(stream.ids, skip_special_tokens=False)
+            if options.stop:
+                longest = max(len(s) for s in options.stop)
+                window_start = max(0, before - longest + 1)
+                hits = [i for i in (stream.text.find(s, window_start) for s in options.stop) if i >= 0]
+                if hits:
+                    stream.text = stream.text[: min(hits)]
+                    stream.finish_reason = "stop"
+                    continue
+            self._emit(stream, index, options, on_text, final=False)
+        return all(s.finish_reason is not None for s in streams)
+
+    @staticmethod
+    def _emit(stream: _Stream, index: int, options: SamplingOptions, on_text: TextCallback | None, final: bool):
+        if on_text is None:
+            return
+        text = stream.text
+        end = len(text)
+        if not final:
+            # Hold back an incomplete UTF-8 character and anything that may still become a stop string.
+            while end > stream.emitted and text[end - 1] == "\ufffd":
+                end -= 1
+            if options.stop:
+                end = min(end, len(text) - max(len(s) for s in options.stop) + 1)
+        if end > stream.emitted:
+            piece, stream.emitted = text[stream.emitted : end], end
+            on_text(index, piece)

@@ -1,0 +1,76 @@
+"""A tiny random GPT-2 saved by Hugging Face transformers, with a byte-level BPE tokenizer trained here."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+TEXT = (
+    "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer the slings and arrows "
+    "of outrageous fortune, or to take arms against a sea of troubles and by opposing end them. Ünïcödé: 日本語. "
+) * 20
+
+
+def train_tokenizer(vocab_size: int = 300):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tokenizer.train_from_iterator([TEXT], trainer)
+    return tokenizer
+
+
+def make_tiny_gpt2(folder: Path, *, n_positions: int = 64, seed: int = 0) -> Path:
+    """config.json + model.safetensors + tokenizer.json (+ vocab.json/merges.txt) of a 2-layer GPT-2."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer = train_tokenizer()
+    tokenizer.save(str(folder / "tokenizer.json"))
+    tokenizer.model.save(str(folder))  # vocab.json and merges.txt, the older layout
+    torch.manual_seed(seed)
+    eos = tokenizer.token_to_id("<|endoftext|>")
+    config = GPT2Config(
+        n_layer=2,
+        n_head=2,
+        n_embd=32,
+        vocab_size=tokenizer.get_vocab_size(),
+        n_positions=n_positions,
+        bos_token_id=eos,
+        eos_token_id=eos,
+    )
+    model = GPT2LMHeadModel(config).eval()
+    # Random weights are near zero and give near-uniform logits; scale them up so greedy choices are clear-cut.
+    with torch.no_grad():
+        for param in model.parameters():
+            param.mul_(4.0)
+    model.save_pretrained(str(folder))
+    return folder
+
+
+def as_bin_layout(folder: Path, target: Path) -> Path:
+    """The same model as pytorch_model.bin with vocab.json + merges.txt (the layout of older Hub snapshots)."""
+    from safetensors.torch import load_file
+
+    target.mkdir(parents=True, exist_ok=True)
+    state = load_file(str(folder / "model.safetensors"))
+    torch.save(state, target / "pytorch_model.bin")
+    for name in ("config.json", "vocab.json", "merges.txt"):
+        shutil.copy(folder / name, target / name)
+    return target
+
+
+def edit_config(folder: Path, **changes) -> None:
+    path = folder / "config.json"
+    data = json.loads(path.read_text())
+    data.update(changes)
+    path.write_text(json.dumps(data))

@@ -1,0 +1,261 @@
+"""Decoding semantics and the `rl generate` command."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+
+import pytest
+import torch
+
+from lm_fixtures import make_tiny_gpt2
+from rlcli.errors import UsageError
+from rlcli.tasks.generate import Generator, SamplingOptions, choose_tokens, load_language_model, next_token_scores
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return make_tiny_gpt2(tmp_path_factory.mktemp("gen") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def lm(tiny_dir):
+    return load_language_model(str(tiny_dir), device="cpu")
+
+
+def greedy(lm, prompt="To be", n=30, **kw):
+    return Generator(lm).generate(prompt, SamplingOptions(max_new_tokens=n, temperature=0, **kw)).samples[0]
+
+
+# --- sampling semantics ----------------------------------------------------------------------------------------
+
+
+def test_top_k_keeps_exactly_the_k_best():
+    logits = torch.randn(3, 100, generator=torch.Generator().manual_seed(0))
+    scores = next_token_scores(logits, SamplingOptions(top_k=7), None)
+    kept = torch.isfinite(scores)
+    assert kept.sum(dim=1).tolist() == [7, 7, 7]
+    assert torch.equal(kept, torch.zeros_like(kept).scatter(1, logits.topk(7).indices, True))
+    draws = choose_tokens(scores.repeat(200, 1), SamplingOptions(top_k=7), torch.Generator().manual_seed(1))
+    assert kept.repeat(200, 1).gather(1, draws[:, None]).all()
+
+
+def test_top_p_keeps_the_smallest_set_reaching_the_mass():
+    probs = torch.tensor([[0.5, 0.25, 0.15, 0.07, 0.03]])
+    for top_p, expected in [(0.5, 1), (0.6, 2), (0.75, 2), (0.76, 3), (0.9, 3), (0.95, 4), (1.0, 5)]:
+        scores = next_token_scores(probs.log(), SamplingOptions(top_k=0, top_p=top_p), None)
+        assert torch.isfinite(scores).sum().item() == expected, top_p
+    scores = next_token_scores(probs.log(), SamplingOptions(top_k=0, top_p=0.9), None)
+    assert torch.equal(torch.isfinite(scores[0]), torch.tensor([True, True, True, False, False]))
+
+
+def test_temperature_scales_and_zero_is_argmax():
+    logits = torch.tensor([[1.0, 3.0, 2.0]])
+    assert choose_tokens(logits, SamplingOptions(temperature=0), torch.Generator()).item() == 1
+    scaled = next_token_scores(logits, SamplingOptions(temperature=2.0, top_k=0), None)
+    assert torch.allclose(scaled, logits / 2)
+
+
+def test_repetition_penalty_as_ctrl_defines_it():
+    logits = torch.tensor([[2.0, -2.0, 1.0]])
+    seen = torch.tensor([[True, True, False]])
+    scores = next_token_scores(logits, SamplingOptions(temperature=1.0, top_k=0, repetition_penalty=2.0), seen)
+    assert scores.tolist() == [[1.0, -4.0, 1.0]]
+
+
+def test_same_seed_same_text_other_seed_other_text(lm):
+    options = SamplingOptions(max_new_tokens=40, seed=123, top_k=0, ignore_eos=True)
+    first = Generator(lm).generate("To be", options).samples[0]
+    again = Generator(lm).generate("To be", options).samples[0]
+    other = Generator(lm).generate("To be", SamplingOptions(max_new_tokens=40, seed=124, top_k=0, ignore_eos=True))
+    assert first.token_ids == again.token_ids and first.text == again.text
+    assert other.samples[0].token_ids != first.token_ids
+
+
+def test_batched_samples_differ_and_report_logprobs(lm):
+    result = Generator(lm).generate("To be", SamplingOptions(max_new_tokens=20, seed=5, num_samples=3, ignore_eos=True))
+    ids = [s.token_ids for s in result.samples]
+    assert len({tuple(i) for i in ids}) == 3
+    for sample in result.samples:
+        assert len(sample.logprobs) == len(sample.token_ids) == 20
+        assert all(lp <= 0 for lp in sample.logprobs)
+    assert result.stats.new_tokens == 60
+
+
+def test_logprobs_are_the_models_own(lm):
+    sample = greedy(lm, n=5, ignore_eos=True)
+    ids = lm.tokenizer.encode("To be").ids + sample.token_ids
+    with torch.inference_mode():
+        logprobs = lm.model(torch.tensor([ids])).log_softmax(-1)[0]
+    start = len(ids) - 5
+    expected = [logprobs[start - 1 + i, t].item() for i, t in enumerate(sample.token_ids)]
+    assert sample.logprobs == pytest.approx(expected, abs=1e-4)
+
+
+# --- ending samples --------------------------------------------------------------------------------------------
+
+
+def test_stop_string_ends_the_sample_before_it(lm):
+    full = greedy(lm, n=40, ignore_eos=True)
+    stop = full.text[12:15]
+    first = full.text.find(stop)
+    stopped = greedy(lm, n=40, ignore_eos=True, stop=(stop,))
+    assert stopped.finish_reason == "stop"
+    assert stopped.text == full.text[:first]
+
+
+def test_end_of_text_ends_a_sample_unless_ignored(lm, monkeypatch):
+    full = greedy(lm, n=20, ignore_eos=True)
+    chosen = full.token_ids[6]
+    first = full.token_ids.index(chosen)
+    monkeypatch.setattr(lm, "eos_id", chosen)
+    ended = greedy(lm, n=20)
+    assert ended.finish_reason == "eos"
+    assert ended.token_ids == full.token_ids[: first + 1]
+    assert ended.text == lm.tokenizer.decode(full.token_ids[:first], skip_special_tokens=False)
+    assert greedy(lm, n=20, ignore_eos=True).finish_reason == "length"
+
+
+def test_long_prompt_keeps_its_last_tokens_and_generation_slides_past_the_context(lm):
+    prompt = "whether 'tis nobler in the mind to suffer " * 30
+    result = Generator(lm).generate(prompt, SamplingOptions(max_new_tokens=150, seed=0, ignore_eos=True))
+    assert lm.config.n_positions == 64
+    assert result.stats.prompt_tokens == 64 - 16
+    assert any("kept its last 48" in w for w in result.warnings)
+    assert any("window slid" in w for w in result.warnings)
+    assert len(result.samples[0].token_ids) == 150
+
+
+def test_empty_prompt_starts_from_end_of_text(lm):
+    result = Generator(lm).generate("", SamplingOptions(max_new_tokens=5, temperature=0, ignore_eos=True))
+    assert result.stats.prompt_tokens == 1
+
+
+def test_interrupt_keeps_what_was_produced(lm):
+    pieces = []
+
+    def on_text(index, delta):
+        pieces.append(delta)
+        if len(pieces) == 3:
+            raise KeyboardInterrupt
+
+    result = Generator(lm).generate(
+        "To be", SamplingOptions(max_new_tokens=50, temperature=0, ignore_eos=True), on_text
+    )
+    assert result.interrupted
+    assert result.samples[0].finish_reason == "interrupted"
+    assert "".join(pieces) == result.samples[0].text[: len("".join(pieces))]
+
+
+def test_streamed_pieces_add_up_to_the_text(lm):
+    pieces = []
+    options = SamplingOptions(max_new_tokens=60, seed=3, top_k=0, ignore_eos=True, stop=("zzz-never",))
+    result = Generator(lm).generate("To", options, lambda i, d: pieces.append(d))
+    assert "".join(pieces) == result.samples[0].text
+
+
+def test_streaming_never_splits_a_character(lm, monkeypatch):
+    import rlcli.tasks.generate as task
+
+    text = "日本語: whether 日本"
+    planned = iter(lm.tokenizer.encode(text).ids)
+    assert len(lm.tokenizer.encode("日").ids) > 1  # the test needs characters spread over several tokens
+    monkeypatch.setattr(task, "choose_tokens", lambda scores, options, gen: torch.tensor([next(planned)]))
+    pieces = []
+    count = len(lm.tokenizer.encode(text).ids)
+    result = Generator(lm).generate(
+        "To", SamplingOptions(max_new_tokens=count, ignore_eos=True), lambda i, d: pieces.append(d)
+    )
+    assert result.samples[0].text == text
+    assert "".join(pieces) == text
+    assert all("\ufffd" not in piece for piece in pieces)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        SamplingOptions(top_k=-1),
+        SamplingOptions(top_p=0.0),
+        SamplingOptions(top_p=1.5),
+        SamplingOptions(temperature=-0.1),
+        SamplingOptions(max_new_tokens=0),
+        SamplingOptions(repetition_penalty=0),
+        SamplingOptions(num_samples=0),
+    ],
+)
+def test_invalid_sampling_values(options):
+    with pytest.raises(UsageError):
+        options.validate()
+
+
+# --- the command -----------------------------------------------------------------------------------------------
+
+
+def test_cli_json_document(rl, tiny_dir):
+    result = rl("generate", "-m", str(tiny_dir), "--seed", "7", "-n", "12", "--ignore-eos", "--json", "To be")
+    assert result.code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["prompt"] == "To be" and doc["seed"] == 7
+    assert doc["settings"]["max_new_tokens"] == 12 and doc["settings"]["top_k"] == 50
+    [sample] = doc["samples"]
+    assert len(sample["token_ids"]) == len(sample["logprobs"]) == 12
+    assert sample["finish_reason"] == "length"
+    assert {"prompt_tokens", "new_tokens", "time_to_first_token", "tokens_per_second"} <= set(doc["stats"])
+
+
+def test_cli_prompt_from_stdin_echo_and_stats(rl, tiny_dir, monkeypatch):
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"To be")))
+    piped = rl("generate", "-m", str(tiny_dir), "--seed", "1", "-n", "10", "--ignore-eos", "--echo", "--stats")
+    assert piped.code == 0, piped.stderr
+    direct = rl("generate", "-m", str(tiny_dir), "--seed", "1", "-n", "10", "--ignore-eos", "To be")
+    assert piped.stdout == "To be" + direct.stdout
+    assert "tokens/s" in piped.stderr and "seed 1" in piped.stderr
+
+
+def test_cli_samples_are_separated(rl, tiny_dir):
+    result = rl("generate", "-m", str(tiny_dir), "--seed", "1", "-n", "5", "--num-samples", "2", "To")
+    assert result.code == 0, result.stderr
+    assert result.stdout.startswith("--- sample 1 ---\n") and "\n--- sample 2 ---\n" in result.stdout
+
+
+def test_cli_non_utf8_stdin(rl, tiny_dir, monkeypatch):
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"caf\xe9")))
+    result = rl("generate", "-m", str(tiny_dir), "-")
+    assert result.code == 1
+    assert result.stderr.startswith("error: stdin is not UTF-8")
+
+
+@pytest.mark.parametrize(
+    "args", [["--top-k", "-1"], ["--top-p", "0"], ["--top-p", "1.5"], ["--temperature", "-1"], ["--dtype", "int8"]]
+)
+def test_cli_bad_sampling_values_are_usage_errors(rl, tiny_dir, args):
+    result = rl("generate", "-m", str(tiny_dir), *args, "hi")
+    assert result.code == 2
+    assert result.stderr.startswith("error: ")
+
+
+def test_cli_missing_model_says_how_to_get_it(rl, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    result = rl("generate", "-m", "gpt2-medium", "hi")
+    assert result.code == 1
+    assert "hf download openai-community/gpt2-medium" in result.stderr
+    assert result.stderr.count("\n") == 1
+
+
+def test_cli_interrupt_exits_130_and_keeps_output(rl, tiny_dir, monkeypatch):
+    from rlcli.cli import generate as command
+
+    calls = []
+
+    def interrupting(index, delta):
+        calls.append(delta)
+        sys.stdout.write(delta)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(command, "write_through", interrupting)
+    result = rl("generate", "-m", str(tiny_dir), "--stream", "-n", "40", "--temperature", "0", "--ignore-eos", "To")
+    assert result.code == 130
+    assert result.stdout.startswith("".join(calls))
+    assert "Traceback" not in result.stderr

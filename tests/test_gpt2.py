@@ -1,0 +1,132 @@
+"""GPT-2 against the reference implementation (Hugging Face transformers) on the same checkpoint."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lm_fixtures import as_bin_layout, edit_config, make_tiny_gpt2
+from rlcli.errors import CheckpointError, RlError
+from rlcli.tasks.generate import Generator, SamplingOptions, load_language_model
+from rlcli.tasks.summary import summarize
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    return make_tiny_gpt2(tmp_path_factory.mktemp("gpt2") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def reference(tiny_dir):
+    from transformers import GPT2LMHeadModel
+
+    return GPT2LMHeadModel.from_pretrained(str(tiny_dir)).eval()
+
+
+@pytest.fixture(scope="session")
+def lm(tiny_dir):
+    return load_language_model(str(tiny_dir), device="cpu")
+
+
+def test_logits_match_the_reference(lm, reference):
+    ids = torch.randint(0, lm.config.vocab_size, (2, 40), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        ours = lm.model(ids)
+        theirs = reference(ids).logits
+    assert (ours - theirs).abs().max().item() < 1e-4
+
+
+def test_bin_layout_with_vocab_and_merges_loads_the_same_model(tiny_dir, tmp_path, lm):
+    other = load_language_model(str(as_bin_layout(tiny_dir, tmp_path / "bin")), device="cpu")
+    for (name, a), (_, b) in zip(lm.model.state_dict().items(), other.model.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    text = "whether 'tis nobler 日本語"
+    assert other.tokenizer.encode(text).ids == lm.tokenizer.encode(text).ids
+
+
+def test_greedy_output_matches_the_reference_token_for_token(lm, reference):
+    prompt = "To be, or not"
+    ids = lm.tokenizer.encode(prompt).ids
+    expected = reference.generate(
+        torch.tensor([ids]), max_new_tokens=30, do_sample=False, eos_token_id=None, pad_token_id=0
+    )[0, len(ids) :].tolist()
+    result = Generator(lm).generate(prompt, SamplingOptions(max_new_tokens=30, temperature=0, ignore_eos=True))
+    assert result.samples[0].token_ids == expected
+
+
+def test_kv_cache_equals_full_recomputation(lm):
+    from rlcli.models.gpt2 import KVCache
+
+    ids = torch.randint(0, lm.config.vocab_size, (1, 30), generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        full = lm.model(ids)
+        cache = KVCache(lm.config, 1, lm.config.n_positions, torch.float32, torch.device("cpu"))
+        steps = [lm.model(ids[:, :10], cache)]
+        steps += [lm.model(ids[:, t : t + 1], cache) for t in range(10, 25)]
+        steps.append(lm.model(ids[:, 25:], cache))  # several new tokens after a filled cache
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-4, atol=1e-4)
+
+
+def test_gpt2_small_has_the_papers_parameter_count():
+    summary = summarize("gpt2", input_size="128", depth=0)
+    assert summary.params == 124_439_808
+    assert summary.macs_per_token is not None and summary.tokens == 128
+
+
+def test_config_that_does_not_match_the_weights(tiny_dir, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_dir, broken)
+    edit_config(broken, n_embd=64)
+    with pytest.raises(CheckpointError, match=r"transformer\.h\.0\..*: checkpoint \[\d+(, \d+)*\] vs model"):
+        load_language_model(str(broken), device="cpu")
+
+
+def test_missing_and_corrupt_weights(tiny_dir, tmp_path):
+    import shutil
+
+    missing = tmp_path / "missing"
+    shutil.copytree(tiny_dir, missing)
+    (missing / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="no weights"):
+        load_language_model(str(missing), device="cpu")
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(tiny_dir, corrupt)
+    (corrupt / "model.safetensors").write_bytes(b"\x00" * 64)
+    with pytest.raises(CheckpointError, match="not a readable safetensors"):
+        load_language_model(str(corrupt), device="cpu")
+    no_config = tmp_path / "noconfig"
+    shutil.copytree(tiny_dir, no_config)
+    (no_config / "config.json").unlink()
+    with pytest.raises(CheckpointError, match=r"no config\.json"):
+        load_language_model(str(no_config), device="cpu")
+
+
+def test_tokenizer_larger_than_the_vocabulary(tiny_dir, tmp_path):
+    import shutil
+
+    odd = tmp_path / "odd"
+    shutil.copytree(tiny_dir, odd)
+    edit_config(odd, vocab_size=100)
+    with pytest.raises(CheckpointError, match="tokenizer has 300 tokens but the model's vocabulary has 100"):
+        load_language_model(str(odd), device="cpu")
+
+
+def test_hub_names_resolve_from_the_local_cache_only(tiny_dir, tmp_path, monkeypatch):
+    import shutil
+
+    repo = tmp_path / "hub" / "models--openai-community--gpt2"
+    shutil.copytree(tiny_dir, repo / "snapshots" / "abc123")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc123")
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    assert load_language_model("gpt2", device="cpu").folder == repo / "snapshots" / "abc123"
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert load_language_model("openai-community/gpt2", device="cpu").folder == repo / "snapshots" / "abc123"
+    with pytest.raises(RlError) as info:
+        load_language_model("distilgpt2", device="cpu")
+    message = str(info.value)
+    assert "models--distilbert--distilgpt2" in message and "hf download distilgpt2" in message
+    assert "never downloads" in message
