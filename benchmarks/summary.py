@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
-import time
+
+from _measure import run_measured
 
 # rl runs as users run it (`python -m rlcli summary MODEL`); the peers as short scripts doing the same job: build,
 # count to depth 3, render. Each prints the MACs it reports on its last stdout line. The peers need real weights.
@@ -59,15 +57,9 @@ TOOLS = {"rl": RL, "torchinfo": TORCHINFO, "fvcore": FVCORE}
 
 
 def run_once(code: str, *args: str) -> tuple[float, int, str]:
-    """Wall seconds, peak RSS in bytes (the child's own ru_maxrss, via wait4) and the last stdout line."""
-    start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    out, err = proc.stdout.read(), proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"failed: {args}\n{err.decode()[-2000:]}")
-    return wall, usage.ru_maxrss * 1024, out.decode().strip().splitlines()[-1]
+    """Wall seconds, the child's own peak RSS in bytes and the last stdout line."""
+    wall, peak, out = run_measured(code, *args)
+    return wall, peak, out.strip().splitlines()[-1]
 
 
 def best_of(repeat: int, code: str, *args: str) -> tuple[float, int, str]:
@@ -103,7 +95,7 @@ def main() -> None:
             f"RSS {rl_rss / ti_rss:.2f}x (target <= 0.3x); MACs rl vs torchinfo: {same}"
         )
     help_wall = min(
-        run_once("import sys; sys.argv=['rl','--help']; from rlcli.cli import main; main()")[0]
+        run_measured("import sys; sys.argv=['rl','--help']; from rlcli.cli import main; main()")[0]
         for _ in range(args.repeat)
     )
     print(f"rl --help: {help_wall:.3f} s (target < 0.3 s)")

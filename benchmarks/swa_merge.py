@@ -1,7 +1,7 @@
 """`rl swa-merge` vs timm's avg_checkpoints approach vs a naive load-all-then-average.
 
 Writes N random resnet50 checkpoints (about 98 MiB each) to a temporary folder, then, in one run, averages them
-with each tool in a fresh process and prints wall time and peak RSS (the child's own, via wait4), each less the
+with each tool in a fresh process and prints wall time and peak RSS (the child's own VmHWM), each less the
 RSS of a bare `import torch`:
 
     python benchmarks/swa_merge.py                 # 5 and 20 checkpoints
@@ -15,12 +15,10 @@ every tensor as a float64 copy into a running sum, divide, cast back, save), so 
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
+
+from _measure import run_measured
 
 BASELINE = "import torch"
 
@@ -68,13 +66,8 @@ TOOLS = {"rl": RL, "timm-approach": TIMM_APPROACH, "naive": NAIVE}
 
 
 def run(code: str, *args: str) -> tuple[float, int]:
-    start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    err = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"failed:\n{err.decode()[-2000:]}")
-    return time.perf_counter() - start, usage.ru_maxrss * 1024
+    wall, peak, _ = run_measured(code, *args)
+    return wall, peak
 
 
 def make_checkpoints(folder: Path, count: int) -> list[Path]:

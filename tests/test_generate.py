@@ -11,7 +11,7 @@ import torch
 
 from lm_fixtures import make_tiny_gpt2
 from rlcli.errors import UsageError
-from rlcli.tasks.generate import Generator, SamplingOptions, choose_tokens, load_language_model, next_token_scores
+from rlcli.tasks.generate import Generator, SamplingOptions, load_language_model, next_token_scores, sample_tokens
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +37,28 @@ def test_top_k_keeps_exactly_the_k_best():
     kept = torch.isfinite(scores)
     assert kept.sum(dim=1).tolist() == [7, 7, 7]
     assert torch.equal(kept, torch.zeros_like(kept).scatter(1, logits.topk(7).indices, True))
-    draws = choose_tokens(scores.repeat(200, 1), SamplingOptions(top_k=7), torch.Generator().manual_seed(1))
+    draws = sample_tokens(logits.repeat(200, 1), SamplingOptions(top_k=7), None, torch.Generator().manual_seed(1))
     assert kept.repeat(200, 1).gather(1, draws[:, None]).all()
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        SamplingOptions(top_k=5, temperature=0.7),
+        SamplingOptions(top_k=8, top_p=0.6),
+        SamplingOptions(top_k=0, top_p=0.8, temperature=1.3),
+        SamplingOptions(top_k=4, repetition_penalty=1.5),
+    ],
+)
+def test_draws_follow_the_stated_distribution(options):
+    logits = torch.randn(1, 30, generator=torch.Generator().manual_seed(3)) * 2
+    seen = torch.zeros(1, 30, dtype=torch.bool)
+    seen[0, logits.argmax()] = True
+    expected = next_token_scores(logits, options, seen).softmax(-1)[0]
+    draws = sample_tokens(logits.repeat(20000, 1), options, seen.repeat(20000, 1), torch.Generator().manual_seed(4))
+    observed = torch.bincount(draws, minlength=30).float() / 20000
+    assert (observed[expected == 0] == 0).all()
+    assert (observed - expected).abs().max().item() < 0.015
 
 
 def test_top_p_keeps_the_smallest_set_reaching_the_mass():
@@ -52,7 +72,7 @@ def test_top_p_keeps_the_smallest_set_reaching_the_mass():
 
 def test_temperature_scales_and_zero_is_argmax():
     logits = torch.tensor([[1.0, 3.0, 2.0]])
-    assert choose_tokens(logits, SamplingOptions(temperature=0), torch.Generator()).item() == 1
+    assert sample_tokens(logits, SamplingOptions(temperature=0), None, torch.Generator()).item() == 1
     scaled = next_token_scores(logits, SamplingOptions(temperature=2.0, top_k=0), None)
     assert torch.allclose(scaled, logits / 2)
 
@@ -161,7 +181,7 @@ def test_streaming_never_splits_a_character(lm, monkeypatch):
     text = "日本語: whether 日本"
     planned = iter(lm.tokenizer.encode(text).ids)
     assert len(lm.tokenizer.encode("日").ids) > 1  # the test needs characters spread over several tokens
-    monkeypatch.setattr(task, "choose_tokens", lambda scores, options, gen: torch.tensor([next(planned)]))
+    monkeypatch.setattr(task, "sample_tokens", lambda logits, options, seen, gen: torch.tensor([next(planned)]))
     pieces = []
     count = len(lm.tokenizer.encode(text).ids)
     result = Generator(lm).generate(

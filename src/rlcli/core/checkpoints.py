@@ -65,13 +65,17 @@ class Checkpoint:
     memory_mapped: bool = False  # tensors are views of the file, read from disk only when touched
 
 
-def load_checkpoint(path: str | Path, *, prefer_ema: bool = False, mmap: bool = True) -> Checkpoint:
+def load_checkpoint(
+    path: str | Path, *, prefer_ema: bool = False, mmap: bool = True, dtype: torch.dtype | None = None
+) -> Checkpoint:
     """Read a checkpoint safely and find its tensors.
 
     Args:
         path: a ``.safetensors`` file or a torch file (``.pt``, ``.pth``, ``.bin``, ``.ckpt``).
         prefer_ema: take EMA weights (``state_dict_ema``, ``model_ema``, ...) when the file has them.
-        mmap: memory-map torch zip files and safetensors, so that tensors are read from disk on use.
+        mmap: memory-map torch zip files, so that tensors are read from disk on use.
+        dtype: convert floating tensors to this dtype as they are read (one tensor at a time, so that loading a
+            float32 file as bfloat16 never holds the whole float32 copy).
 
     Example:
         >>> ckpt = load_checkpoint("resnet50_epoch90.pth")
@@ -81,12 +85,14 @@ def load_checkpoint(path: str | Path, *, prefer_ema: bool = False, mmap: bool = 
     if not path.is_file():
         raise CheckpointError(f"no such checkpoint file: {path}")
     if path.suffix == SAFETENSORS_SUFFIX:
-        return _load_safetensors(path)
+        return _load_safetensors(path, dtype)
     raw, mapped = _torch_load(path, mmap=mmap)
     info = None
     if isinstance(raw, dict) and raw.get("format") == FORMAT_NAME:
         info = CheckpointInfo.from_mapping(raw)
     tensors, key = find_state_dict(raw, prefer_ema=prefer_ema, source=path)
+    if dtype is not None:
+        tensors = {name: _convert(t, dtype) for name, t in tensors.items()}
     return Checkpoint(
         path=path,
         state_dict=strip_wrapper_prefixes(tensors),
@@ -97,13 +103,23 @@ def load_checkpoint(path: str | Path, *, prefer_ema: bool = False, mmap: bool = 
     )
 
 
-def _load_safetensors(path: Path) -> Checkpoint:
+def _convert(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    return tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
+
+
+def _load_safetensors(path: Path, dtype: torch.dtype | None = None) -> Checkpoint:
     from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
-            tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 (not a dict)
+            names = list(handle.keys())
+        tensors = {}
+        for name in names:
+            # One opening per tensor: safetensors reads through a memory map, whose touched pages count as this
+            # process's memory until it is closed. Closing after each tensor keeps the peak at the tensors kept.
+            with safe_open(str(path), framework="pt") as handle:
+                tensors[name] = _convert(handle.get_tensor(name), dtype)
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
     info = None

@@ -21,13 +21,35 @@ def build_on_meta(build: Callable[[], M]) -> M:
     allocate no weight memory: ``torch.empty`` reserves address space only and is released at once.
     """
     try:
-        with torch.device("meta"):
+        with torch.device("meta"), _initializers_skipped():
             return build()
     except NotImplementedError as exc:
         if "meta" not in str(exc):
             raise
-    with _weights_to_meta_on_registration():
+    with _weights_to_meta_on_registration(), _initializers_skipped():
         return build()
+
+
+@contextlib.contextmanager
+def _initializers_skipped() -> Iterator[None]:
+    """Make ``torch.nn.init``'s in-place initialisers no-ops: meta tensors hold no values to initialise.
+
+    Besides wasted work, some of them (``normal_``) reach meta tensors through torch's Python reference
+    implementations, whose first use imports the compiler stack: 1.6 s on this project's CI machine.
+    """
+    names = [n for n in dir(nn.init) if n.endswith("_") and not n.startswith("_") and callable(getattr(nn.init, n))]
+    originals = {name: getattr(nn.init, name) for name in names}
+
+    def skip(tensor, *args, **kwargs):
+        return tensor
+
+    for name in names:
+        setattr(nn.init, name, skip)
+    try:
+        yield
+    finally:
+        for name, original in originals.items():
+            setattr(nn.init, name, original)
 
 
 @contextlib.contextmanager

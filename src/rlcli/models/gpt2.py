@@ -162,7 +162,7 @@ class GPT2(nn.Module):
         return self.lm_head(x)
 
 
-_CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 _IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers of the released files
 
 
@@ -174,14 +174,14 @@ def from_hf_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
         if name.endswith(_IGNORED_SUFFIXES) or name == "lm_head.weight":
             continue
         key = name if name.startswith("transformer.") else f"transformer.{name}"
-        converted[key] = tensor.t() if key.endswith(_CONV1D_WEIGHTS) else tensor
+        converted[key] = tensor.t() if key.endswith(CONV1D_WEIGHTS) else tensor
     return converted
 
 
 def to_hf_state_dict(model: GPT2) -> dict[str, torch.Tensor]:
     """This module's tensors in the released layout (Conv1D weights transposed back), e.g. for shipping."""
     return {
-        name: (tensor.t().contiguous() if name.endswith(_CONV1D_WEIGHTS) else tensor)
+        name: (tensor.t().contiguous() if name.endswith(CONV1D_WEIGHTS) else tensor)
         for name, tensor in model.state_dict().items()
         if name != "lm_head.weight"
     }

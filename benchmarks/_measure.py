@@ -1,0 +1,32 @@
+"""Run a Python snippet in a fresh process and measure its wall time and its own peak RSS.
+
+The peak is the child's VmHWM from /proc, read at exit: ru_maxrss from wait4 would also count the parent's memory
+copied in by fork, before exec.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+_REPORT_PEAK = """
+import atexit as _atexit, sys as _sys
+def _report_peak():
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                _sys.stderr.write("\\nPEAK_RSS_KB=" + line.split()[1] + "\\n")
+_atexit.register(_report_peak)
+"""
+
+
+def run_measured(code: str, *args: str) -> tuple[float, int, str]:
+    """(wall seconds, peak RSS in bytes, stdout) of ``python -c code args...``; exits on failure."""
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", _REPORT_PEAK + code, *args], capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"failed: {args}\n{done.stderr[-3000:]}")
+    peaks = [line for line in done.stderr.splitlines() if line.startswith("PEAK_RSS_KB=")]
+    return wall, int(peaks[-1].split("=")[1]) * 1024, done.stdout
