@@ -11,7 +11,7 @@ import sys
 import typer
 
 from rlcli import __version__
-from rlcli.cli import _common, generate, models, summary, swa_merge
+from rlcli.cli import _common, classify, generate, models, summary, swa_merge
 
 HELP = """Inspect and run the classic networks of a deep-learning reading list.
 
@@ -23,6 +23,7 @@ Examples:
   rl summary resnet50 resnext50_32x4d --depth 1
   rl summary mypkg.nets:Net --input-size 1x28x28 --json
   rl generate --top-k 40 "Hello"     # GPT-2 text, streamed
+  rl classify photos/ -m resnet50    # top-5 ImageNet labels
   rl swa-merge ckpt/*.pt -o swa.pt   # average checkpoints (SWA)
 """
 
@@ -57,6 +58,7 @@ summary.register(app)
 models.register(app)
 swa_merge.register(app)
 generate.register(app)
+classify.register(app)
 
 
 def main() -> None:

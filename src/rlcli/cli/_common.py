@@ -54,11 +54,11 @@ def stdout_is_terminal() -> bool:
 
 def note(message: str) -> None:
     """An informational line on stderr (never mixed into data on stdout)."""
-    stderr_console().print(f"[dim]{_escape(message)}[/dim]", highlight=False)
+    stderr_console().print(f"[dim]{_escape(message)}[/dim]", highlight=False, soft_wrap=True)
 
 
 def warn(message: str) -> None:
-    stderr_console().print(f"[yellow]warning:[/yellow] {_escape(message)}", highlight=False)
+    stderr_console().print(f"[yellow]warning:[/yellow] {_escape(message)}", highlight=False, soft_wrap=True)
 
 
 def _escape(text: str) -> str:

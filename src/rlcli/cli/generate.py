@@ -17,8 +17,9 @@ HELP = """Generate text with a GPT-2 model: KV cache, temperature, top-k/top-p, 
 
 The prompt is PROMPT, or stdin when PROMPT is '-' or absent and stdin is piped. Only the continuation is printed
 (--echo prepends the prompt); on a terminal it streams token by token. --model takes a folder in the Hugging Face
-layout (config.json, model.safetensors or pytorch_model.bin, tokenizer.json or vocab.json + merges.txt) or a Hub
-name (gpt2, openai-community/gpt2, distilgpt2) found in the local Hugging Face cache. rl never downloads.
+layout (config.json, model.safetensors or pytorch_model.bin, tokenizer.json or vocab.json + merges.txt), a Hub
+name (gpt2, openai-community/gpt2, distilgpt2) found in the local Hugging Face cache, or 'shakespeare', the small
+model bundled with rl. Without --model: gpt2 when it is cached, else shakespeare. rl never downloads.
 
 Sampling defaults are Hugging Face's: temperature 1, top-k 50, top-p 1 (off); --temperature 0 is greedy.
 
@@ -49,7 +50,13 @@ def register(app: typer.Typer) -> None:
 
 def generate_command(
     prompt: str | None = typer.Argument(None, help="The prompt; '-' or absent reads stdin."),
-    model: str = typer.Option("gpt2", "--model", "-m", help="Folder or Hub name in the local cache."),
+    model: str | None = typer.Option(
+        None,
+        "--model",
+        "-m",
+        help="Folder, Hub name in the local cache, or 'shakespeare' (bundled). Default: gpt2 if cached, else "
+        "shakespeare.",
+    ),
     max_new_tokens: int = typer.Option(100, "--max-new-tokens", "-n", help="Tokens to generate per sample."),
     temperature: float = typer.Option(1.0, "--temperature", "-t", help="Sampling temperature; 0 = greedy."),
     top_k: int = typer.Option(50, "--top-k", help="Sample from the k most likely tokens; 0 = off."),
@@ -66,7 +73,7 @@ def generate_command(
     stats: bool = typer.Option(False, "--stats", help="Print token counts and speed to stderr."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON document with ids and log-probs."),
 ) -> None:
-    from rlcli.tasks.generate import Generator, SamplingOptions, load_language_model
+    from rlcli.tasks.generate import Generator, SamplingOptions, default_model, load_language_model
 
     options = SamplingOptions(
         max_new_tokens=max_new_tokens,
@@ -81,6 +88,10 @@ def generate_command(
     )
     options.validate()
     text = read_prompt(prompt)
+    if model is None:
+        model, why = default_model()
+        if why:
+            note(why)
     lm = load_language_model(model, dtype=dtype.value, device=device.value)
     streaming = (stdout_is_terminal() if stream is None else stream) and not json_out and num_samples == 1
     if streaming and echo:

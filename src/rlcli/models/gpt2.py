@@ -11,7 +11,9 @@ Generation uses a pre-allocated key/value cache: after the prompt, each step run
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -196,5 +198,16 @@ def _register(name: str, config: GPT2Config) -> None:
     )(build)
 
 
+DEMO_FOLDER = Path(__file__).with_name("demo_lm")
+DEMO_NAME = "shakespeare"
+
+
+def demo_config() -> GPT2Config:
+    """The bundled demo model's configuration (trained by scripts/train_demo_lm.py)."""
+    return GPT2Config.from_hf(json.loads((DEMO_FOLDER / "config.json").read_text(encoding="utf-8")))
+
+
 for _name, _config in SIZES.items():
     _register(_name, _config)
+if (DEMO_FOLDER / "config.json").is_file():
+    _register(DEMO_NAME, demo_config())

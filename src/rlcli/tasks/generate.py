@@ -22,7 +22,15 @@ from rlcli.core.hub import find_hf_snapshot
 from rlcli.core.meta import build_on_meta
 from rlcli.core.text import END_OF_TEXT, load_tokenizer
 from rlcli.errors import CheckpointError, RlError, UsageError
-from rlcli.models.gpt2 import CONV1D_WEIGHTS, GPT2, GPT2Config, KVCache, from_hf_state_dict
+from rlcli.models.gpt2 import (
+    CONV1D_WEIGHTS,
+    DEMO_FOLDER,
+    DEMO_NAME,
+    GPT2,
+    GPT2Config,
+    KVCache,
+    from_hf_state_dict,
+)
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -49,8 +57,23 @@ class LanguageModel:
         return self.model.config
 
 
+DEFAULT_MODEL = "gpt2"
+
+
+def default_model() -> tuple[str, str | None]:
+    """GPT-2 from the local Hugging Face cache when it is there, else the bundled demo model (with a note why)."""
+    if find_hf_snapshot(DEFAULT_MODEL).snapshot is not None:
+        return DEFAULT_MODEL, None
+    return DEMO_NAME, (
+        f"{DEFAULT_MODEL} is not in the local Hugging Face cache: using the bundled Shakespeare model "
+        f"(--model {DEMO_NAME}; `hf download openai-community/gpt2` gets GPT-2)"
+    )
+
+
 def resolve_model_folder(name: str) -> Path:
-    """A folder as given, else the snapshot of a Hub repository in the local Hugging Face cache."""
+    """The bundled model, a folder as given, else a Hub repository's snapshot in the local Hugging Face cache."""
+    if name == DEMO_NAME:
+        return DEMO_FOLDER
     path = Path(name).expanduser()
     if path.is_dir():
         return path
@@ -414,3 +437,36 @@ class Generator:
         if end > stream.emitted:
             piece, stream.emitted = text[stream.emitted : end], end
             on_text(index, piece)
+
+
+# --- evaluation ----------------------------------------------------------------------------------------------
+
+
+def negative_log_likelihood(lm: LanguageModel, text: str) -> tuple[float, int]:
+    """Summed next-token NLL (nats) of ``text`` and the number of tokens predicted.
+
+    The text starts after <|endoftext|> (as a document does in GPT-2's training) and is scored in consecutive,
+    non-overlapping windows of the model's context.
+    """
+    ids = lm.tokenizer.encode(text).ids
+    if lm.eos_id is not None:
+        ids = [lm.eos_id, *ids]
+    if len(ids) < 2:
+        raise RlError("the text is too short to score")
+    data = torch.tensor(ids, device=lm.device)
+    context = lm.config.n_positions
+    total = 0.0
+    with torch.inference_mode():
+        for start in range(0, len(ids) - 1, context):
+            window = data[start : start + context + 1]
+            logits = lm.model(window[None, :-1]).float()
+            total += torch.nn.functional.cross_entropy(logits[0], window[1:], reduction="sum").item()
+    return total, len(ids) - 1
+
+
+def perplexity(lm: LanguageModel, text: str) -> float:
+    """exp(mean next-token NLL) of ``text`` under the model."""
+    import math
+
+    total, count = negative_log_likelihood(lm, text)
+    return math.exp(total / count)

@@ -1,0 +1,210 @@
+"""`rl classify`: a model trained here, equality with torchvision's own pipeline, inputs, formats and errors."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+
+import pytest
+import torch
+from image_fixtures import SHAPES, draw_shape, write_shapes
+from PIL import Image
+from tiny_models import ShapeNet
+
+from rlcli.core.checkpoints import CheckpointInfo, save_checkpoint
+from rlcli.core.images import Preprocess, open_rgb, to_rgb
+
+PREPROCESS = {"resize": 32, "crop": 32, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "interpolation": "bilinear"}
+
+
+@pytest.fixture(scope="module")
+def shapes_checkpoint(tmp_path_factory):
+    """ShapeNet trained for a few seconds on generated shapes, saved as a self-describing rlcli checkpoint."""
+    folder = tmp_path_factory.mktemp("shapes")
+    train = write_shapes(folder / "train", per_class=40, seed=0)
+    preprocess = Preprocess(**{**PREPROCESS, "mean": (0.5,) * 3, "std": (0.5,) * 3})
+    x = torch.stack([preprocess(open_rgb(p)) for p, _ in train])
+    y = torch.tensor([SHAPES.index(s) for _, s in train])
+    torch.manual_seed(0)
+    net = ShapeNet()
+    optimizer = torch.optim.Adam(net.parameters(), lr=3e-3)
+    for _ in range(150):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        optimizer.step()
+    info = CheckpointInfo(
+        arch="tiny_models:ShapeNet",
+        model_args={"num_classes": 3},
+        class_names=list(SHAPES),
+        extra={"preprocess": PREPROCESS},
+    )
+    return save_checkpoint(folder / "shapes.safetensors", net.state_dict(), info).path
+
+
+@pytest.fixture(scope="module")
+def test_images(tmp_path_factory):
+    return write_shapes(tmp_path_factory.mktemp("test") / "images", per_class=5, seed=1)
+
+
+def run_json(rl, *args):
+    result = rl("classify", *args, "--json", "-j", "0")
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    return result, lines
+
+
+def test_a_trained_checkpoint_classifies_generated_shapes(rl, shapes_checkpoint, test_images):
+    folder = test_images[0][0].parent
+    result, lines = run_json(rl, str(folder), "-w", str(shapes_checkpoint), "-k", "2")
+    assert result.code == 0, result.stderr
+    truth = {str(p): s for p, s in test_images}
+    assert [line["path"] for line in lines] == sorted(truth)
+    correct = sum(line["top_k"][0]["label"] == truth[line["path"]] for line in lines)
+    assert correct == len(truth)
+    assert all(len(line["top_k"]) == 2 and line["top_k"][0]["rank"] == 1 for line in lines)
+
+
+def test_every_input_kind(rl, shapes_checkpoint, test_images, monkeypatch):
+    paths = [str(p) for p, _ in test_images]
+    folder = test_images[0][0].parent
+    _, by_file = run_json(rl, paths[0], paths[1], "-w", str(shapes_checkpoint))
+    assert [line["path"] for line in by_file] == paths[:2]
+    _, by_glob = run_json(rl, str(folder / "square_*.png"), "-w", str(shapes_checkpoint))
+    assert [line["path"] for line in by_glob] == sorted(p for p in paths if "square_" in p)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("\n".join(paths[3:6]) + "\n"))
+    _, by_stdin = run_json(rl, "-", "-w", str(shapes_checkpoint))
+    assert [line["path"] for line in by_stdin] == paths[3:6]
+
+
+def test_equals_a_hand_written_torchvision_forward(rl, tmp_path):
+    import torchvision
+
+    torch.manual_seed(0)
+    reference = torchvision.models.resnet18().eval()
+    weights_file = tmp_path / "r18.pth"
+    torch.save({"state_dict": reference.state_dict(), "epoch": 3}, weights_file)
+    image_path = tmp_path / "photo.png"
+    Image.effect_mandelbrot((300, 200), (-2, -1.2, 1, 1.2), 64).convert("RGB").save(image_path)
+    transform = torchvision.models.ResNet18_Weights.DEFAULT.transforms()
+    with torch.inference_mode():
+        probabilities = reference(transform(Image.open(image_path).convert("RGB"))[None]).softmax(-1)[0]
+    expected = probabilities.topk(5)
+    result, [line] = run_json(rl, str(image_path), "-m", "resnet18", "-w", str(weights_file))
+    assert result.code == 0, result.stderr
+    assert [r["index"] for r in line["top_k"]] == expected.indices.tolist()
+    assert [r["probability"] for r in line["top_k"]] == pytest.approx(expected.values.tolist(), abs=1e-5)
+    categories = torchvision.models.ResNet18_Weights.DEFAULT.meta["categories"]
+    assert line["top_k"][0]["label"] == categories[expected.indices[0]]
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    image = Image.new("RGB", (40, 20), (255, 0, 0))
+    image.paste((0, 0, 255), (0, 0, 20, 20))  # blue on the left half
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    path = tmp_path / "rotated.jpg"
+    image.save(path, exif=exif, quality=95)
+    upright = open_rgb(path)
+    assert upright.size == (20, 40)
+    top_pixel = upright.getpixel((10, 5))
+    assert top_pixel[2] > 200 and top_pixel[0] < 60  # the blue half is on top after rotating
+
+
+def test_image_modes_are_converted(tmp_path):
+    grey = to_rgb(Image.new("L", (4, 4), 100))
+    assert grey.mode == "RGB" and grey.getpixel((0, 0)) == (100, 100, 100)
+    palette = Image.new("P", (4, 4), 1)
+    palette.putpalette([0, 0, 0, 10, 200, 30] + [0] * 762)
+    assert to_rgb(palette).getpixel((0, 0)) == (10, 200, 30)
+    clear = to_rgb(Image.new("RGBA", (4, 4), (0, 0, 0, 0)))
+    assert clear.getpixel((0, 0)) == (255, 255, 255)  # transparent over white
+    half = to_rgb(Image.new("RGBA", (4, 4), (0, 0, 0, 128)))
+    assert half.getpixel((0, 0)) == (127, 127, 127)
+    deep = Image.new("I;16", (4, 4), 65535)
+    assert to_rgb(deep).getpixel((0, 0)) == (255, 255, 255)
+    mid = Image.new("I;16", (4, 4), 32896)
+    assert to_rgb(mid).getpixel((0, 0)) == (128, 128, 128)
+
+
+def test_every_mode_goes_through_the_command(rl, shapes_checkpoint, tmp_path):
+    rng_image = draw_shape("square", 48, __import__("random").Random(3))
+    rng_image.convert("L").save(tmp_path / "grey.png")
+    rng_image.convert("P").save(tmp_path / "palette.png")
+    rng_image.convert("RGBA").save(tmp_path / "alpha.png")
+    Image.fromarray((torch.rand(48, 48) * 65535).to(torch.int32).numpy().astype("uint16")).save(tmp_path / "deep.png")
+    result, lines = run_json(rl, str(tmp_path), "-w", str(shapes_checkpoint))
+    assert result.code == 0, result.stderr
+    assert len(lines) == 4
+
+
+def test_bad_files_are_reported_and_the_rest_go_on(rl, shapes_checkpoint, test_images, tmp_path):
+    good = str(test_images[0][0])
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "fake.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    whole = tmp_path / "whole.jpg"
+    draw_shape("circle", 200, __import__("random").Random(0)).save(whole, quality=90)
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(whole.read_bytes()[:600])
+    notes, fake, missing = tmp_path / "notes.txt", tmp_path / "fake.png", tmp_path / "missing.png"
+    args = [good, str(notes), str(fake), str(truncated), str(missing), good]
+    result, lines = run_json(rl, *args, "-w", str(shapes_checkpoint))
+    assert result.code == 1
+    assert [line["path"] for line in lines] == [good, good]
+    errors = result.stderr.strip().splitlines()
+    assert len(errors) == 4
+    assert errors[0] == f"error: {notes}: not an image Pillow can read"
+    assert errors[1].startswith(f"error: {fake}: truncated or corrupt image data")
+    assert errors[2].startswith(f"error: {truncated}: truncated or corrupt image data")
+    assert errors[3] == f"error: {missing}: no such file or folder"
+
+
+def test_class_count_mismatch(rl, shapes_checkpoint, test_images, tmp_path):
+    names = tmp_path / "names.txt"
+    names.write_text("a\nb\n")
+    result = rl("classify", str(test_images[0][0]), "-w", str(shapes_checkpoint), "--classes", str(names))
+    assert result.code == 1
+    assert result.stderr == "error: 2 class names for a model with 3 outputs (tiny_models:ShapeNet)\n"
+
+
+def test_missing_cached_weights_say_where_and_how(rl, test_images, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    result = rl("classify", str(test_images[0][0]), "-m", "resnet50", "-w", "ResNet50_Weights.IMAGENET1K_V2")
+    assert result.code == 1
+    assert str(tmp_path / "hub" / "checkpoints" / "resnet50-11ad3fa6.pth") in result.stderr
+    assert "get_weight('ResNet50_Weights.IMAGENET1K_V2')" in result.stderr
+    assert result.stderr.count("\n") == 1
+
+
+def test_cached_torchvision_weights_load_offline(rl, test_images, tmp_path, monkeypatch):
+    import torchvision
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    weights = torchvision.models.MobileNet_V3_Small_Weights.IMAGENET1K_V1
+    target = tmp_path / "hub" / "checkpoints" / weights.url.rsplit("/", 1)[-1]
+    target.parent.mkdir(parents=True)
+    torch.manual_seed(0)
+    torch.save(torchvision.models.mobilenet_v3_small().state_dict(), target)  # stands in for the download
+    result, [line] = run_json(rl, str(test_images[0][0]), "-m", "mobilenet_v3_small", "-w", "DEFAULT")
+    assert result.code == 0, result.stderr
+    assert line["top_k"][0]["label"] in weights.meta["categories"]
+
+
+def test_csv_and_table_outputs(rl, shapes_checkpoint, test_images):
+    paths = [str(p) for p, _ in test_images[:2]]
+    result = rl("classify", *paths, "-w", str(shapes_checkpoint), "--csv", "-k", "3", "-j", "0")
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert len(rows) == 6 and rows[0]["path"] == paths[0] and rows[2]["rank"] == "3"
+    assert abs(sum(float(r["probability"]) for r in rows[:3]) - 1) < 1e-4
+    table = rl("classify", *paths, "-w", str(shapes_checkpoint), "-k", "1", "-j", "0")
+    lines = table.stdout.splitlines()
+    assert lines[0].split() == ["Image", "#", "Label", "Probability"]
+    assert lines[1].startswith(paths[0]) and lines[2].startswith(paths[1])
+
+
+def test_workers_keep_input_order(rl, shapes_checkpoint, test_images):
+    folder = str(test_images[0][0].parent)
+    result = rl("classify", folder, "-w", str(shapes_checkpoint), "--json", "-j", "2", "-b", "4")
+    assert result.code == 0, result.stderr
+    paths = [json.loads(line)["path"] for line in result.stdout.splitlines()]
+    assert paths == sorted(str(p) for p, _ in test_images)
