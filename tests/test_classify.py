@@ -9,12 +9,12 @@ import sys
 
 import pytest
 import torch
-from image_fixtures import SHAPES, draw_shape, write_shapes
 from PIL import Image
-from tiny_models import ShapeNet
 
+from image_fixtures import SHAPES, draw_shape, write_shapes
 from rlcli.core.checkpoints import CheckpointInfo, save_checkpoint
 from rlcli.core.images import Preprocess, open_rgb, to_rgb
+from tiny_models import ShapeNet
 
 PREPROCESS = {"resize": 32, "crop": 32, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "interpolation": "bilinear"}
 

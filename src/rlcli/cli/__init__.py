@@ -11,7 +11,7 @@ import sys
 import typer
 
 from rlcli import __version__
-from rlcli.cli import _common, classify, generate, models, summary, swa_merge
+from rlcli.cli import _common, classify, generate, models, multilabel, summary, swa_merge
 
 HELP = """Inspect and run the classic networks of a deep-learning reading list.
 
@@ -24,6 +24,7 @@ Examples:
   rl summary mypkg.nets:Net --input-size 1x28x28 --json
   rl generate --top-k 40 "Hello"     # GPT-2 text, streamed
   rl classify photos/ -m resnet50    # top-5 ImageNet labels
+  rl multilabel photos/ -w csra.pth  # CSRA multi-label recognition
   rl swa-merge ckpt/*.pt -o swa.pt   # average checkpoints (SWA)
 """
 
@@ -59,6 +60,7 @@ models.register(app)
 swa_merge.register(app)
 generate.register(app)
 classify.register(app)
+multilabel.register(app)
 
 
 def main() -> None:

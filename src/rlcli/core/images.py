@@ -72,12 +72,14 @@ class Preprocess:
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     interpolation: str = "bilinear"
+    square: bool = False  # resize to resize x resize, ignoring the aspect ratio (CSRA's official evaluation)
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         from torchvision.transforms import InterpolationMode
         from torchvision.transforms import functional as F
 
-        image = F.resize(image, [self.resize], interpolation=InterpolationMode(self.interpolation), antialias=True)
+        size = [self.resize, self.resize] if self.square else [self.resize]
+        image = F.resize(image, size, interpolation=InterpolationMode(self.interpolation), antialias=True)
         image = F.center_crop(image, [self.crop])
         tensor = F.convert_image_dtype(F.pil_to_tensor(image), torch.float)
         return F.normalize(tensor, mean=list(self.mean), std=list(self.std))
@@ -93,6 +95,7 @@ class Preprocess:
                 mean=tuple(keywords.get("mean", IMAGENET_MEAN)),
                 std=tuple(keywords.get("std", IMAGENET_STD)),
                 interpolation=str(getattr(keywords.get("interpolation"), "value", "bilinear")),
+                square=bool(keywords.get("square", False)),
             )
         return cls.for_crop(spec.default_input[-1])
 

@@ -20,7 +20,7 @@ from rlcli.errors import ModelNotFoundError
 from rlcli.models.catalog import suggest
 
 # Modules holding rlcli's own architectures; imported on first use of the registry so that they can register.
-_OWN_MODEL_MODULES: tuple[str, ...] = ("rlcli.models.gpt2",)
+_OWN_MODEL_MODULES: tuple[str, ...] = ("rlcli.models.gpt2", "rlcli.models.csra")
 
 Builder = Callable[..., nn.Module]
 
@@ -61,7 +61,13 @@ _OWN_MODELS: dict[str, ModelSpec] = {}
 
 
 def register_model(
-    name: str, *, family: str, task: str, default_input: tuple[int, ...], input_kind: str = "image"
+    name: str,
+    *,
+    family: str,
+    task: str,
+    default_input: tuple[int, ...],
+    input_kind: str = "image",
+    transform: dict[str, Any] | None = None,
 ) -> Callable[[Builder], Builder]:
     """Register one of rlcli's own architectures under ``name`` (timm's ``@register_model`` pattern)."""
 
@@ -76,6 +82,7 @@ def register_model(
             default_input=default_input,
             builder=builder,
             input_kind=input_kind,
+            transform=transform,
         )
         return builder
 

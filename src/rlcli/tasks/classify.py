@@ -267,10 +267,14 @@ class RunOptions:
 
 
 def forward_batches(
-    clf: LoadedClassifier, inputs: list[Path | InputProblem], options: RunOptions
-) -> Iterator[tuple[ImageBatch, torch.Tensor | None]]:
-    """Model outputs (float32, on the CPU) for each decoded batch, in input order; shared by classify and
-    multilabel."""
+    clf: LoadedClassifier,
+    inputs: list[Path | InputProblem],
+    options: RunOptions,
+    forward: Callable[[torch.Tensor], Any] | None = None,
+) -> Iterator[tuple[ImageBatch, Any]]:
+    """Model outputs (float32, on the CPU; a tuple when ``forward`` returns one) for each decoded batch, in input
+    order. Shared by classify and multilabel; ``forward`` defaults to the model's own."""
+    run = forward or clf.model
     if options.batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
     if options.workers < 0:
@@ -286,7 +290,11 @@ def forward_batches(
                 pixels = batch.pixels.to(clf.device, clf.dtype, non_blocking=True)
                 if clf.channels_last:
                     pixels = pixels.contiguous(memory_format=torch.channels_last)
-                outputs = clf.model(pixels).float().cpu()
+                outputs = run(pixels)
+                if isinstance(outputs, tuple):
+                    outputs = tuple(o.float().cpu() for o in outputs)
+                else:
+                    outputs = outputs.float().cpu()
             done += len(batch.paths) + len(batch.problems)
             if options.on_progress:
                 options.on_progress(done, len(inputs))
