@@ -7,9 +7,9 @@ import math
 
 import pytest
 import torch
-from image_fixtures import write_shapes
 from PIL import Image
 
+from image_fixtures import write_shapes
 from rlcli.errors import CheckpointError
 from rlcli.models.csra import TEMPERATURES, MultiHeadCSRA, ResNetCSRA
 from rlcli.tasks.multilabel import COCO, VOC2007, average_precision, evaluate, load_csra
@@ -17,7 +17,7 @@ from rlcli.tasks.multilabel import COCO, VOC2007, average_precision, evaluate, l
 
 def paper_logits(features: torch.Tensor, weights: list[torch.Tensor], lam: float) -> torch.Tensor:
     """The paper's equations written out with loops: for each head, class and image."""
-    batch, _, height, width = features.shape
+    batch = features.shape[0]
     positions = features.flatten(2).transpose(1, 2).double()  # [batch, HW, d]: x_j
     logits = torch.zeros(batch, weights[0].shape[0], dtype=torch.float64)
     for head, temperature in zip(weights, TEMPERATURES[len(weights)], strict=True):
@@ -133,11 +133,11 @@ def test_metrics_by_hand():
     assert result.average_precision == {"cat": 1.0, "dog": 1.0, "bird": None}
     assert result.mAP == 1.0 and result.classes_without_positives == ["bird"]
     # predictions >= 0.5: cat {0, 2} both right; dog {1, 2} both right; bird {0} wrong
-    assert result.CP == pytest.approx((1 + 1 + 0) / 3)
-    assert result.CR == pytest.approx(1.0)  # over cat and dog, the classes with positives
-    assert result.CF1 == pytest.approx(2 * (2 / 3) / (2 / 3 + 1))
-    assert result.OP == pytest.approx(4 / 5) and result.OR == pytest.approx(4 / 4)
-    assert result.OF1 == pytest.approx(2 * 0.8 / 1.8)
+    assert pytest.approx((1 + 1 + 0) / 3) == result.CP
+    assert pytest.approx(1.0) == result.CR  # over cat and dog, the classes with positives
+    assert pytest.approx(2 * (2 / 3) / (2 / 3 + 1)) == result.CF1
+    assert pytest.approx(4 / 5) == result.OP and pytest.approx(4 / 4) == result.OR
+    assert pytest.approx(2 * 0.8 / 1.8) == result.OF1
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +169,9 @@ def test_cli_streams_labels_and_writes_attention_maps(rl, csra_file, tmp_path):
 
 def test_cli_threshold_and_table(rl, csra_file, tmp_path):
     write_shapes(tmp_path / "images", per_class=1, seed=0, size=64)
-    everything = rl("multilabel", str(tmp_path / "images"), "-w", str(csra_file), "-t", "0", "--resize", "64", "-j", "0")
+    everything = rl(
+        "multilabel", str(tmp_path / "images"), "-w", str(csra_file), "-t", "0", "--resize", "64", "-j", "0"
+    )
     assert everything.code == 0, everything.stderr
     rows = everything.stdout.splitlines()
     assert rows[0].startswith("Image") and len(rows) == 4

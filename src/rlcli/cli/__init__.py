@@ -11,7 +11,7 @@ import sys
 import typer
 
 from rlcli import __version__
-from rlcli.cli import _common, classify, generate, models, multilabel, summary, swa_merge
+from rlcli.cli import _common, classify, compare, generate, models, multilabel, summary, swa_merge
 
 HELP = """Inspect and run the classic networks of a deep-learning reading list.
 
@@ -21,6 +21,7 @@ Examples:
   rl models resnet                   # what rl knows (no torch import)
   rl summary swin_t                  # layers, params, MACs/FLOPs, memory
   rl summary resnet50 resnext50_32x4d --depth 1
+  rl compare --macs 1G               # ResNet vs ResNeXt vs MobileNet at 1 GMACs
   rl summary mypkg.nets:Net --input-size 1x28x28 --json
   rl generate --top-k 40 "Hello"     # GPT-2 text, streamed
   rl classify photos/ -m resnet50    # top-5 ImageNet labels
@@ -61,6 +62,7 @@ swa_merge.register(app)
 generate.register(app)
 classify.register(app)
 multilabel.register(app)
+compare.register(app)
 
 
 def main() -> None:

@@ -93,6 +93,13 @@ def summarize(
 
     spec = get_spec(model)
     size = parse_input_size(input_size, spec.default_input) if input_size else spec.default_input
+    return summarize_spec(spec, size, batch_size=batch_size, depth=depth, counter=counter)
+
+
+def summarize_spec(
+    spec, size: tuple[int, ...], *, batch_size: int = 1, depth: int | None = 3, counter: str = "rlcli"
+) -> ModelSummary:
+    """``summarize`` for a spec that need not be registered (``rl compare`` builds scaled family members)."""
     where = f"{spec.name} at input {format_size((batch_size, *size))}"
     if counter == "fvcore":
         return _summarize_with_fvcore(spec, size, batch_size, depth, where)

@@ -1,0 +1,208 @@
+"""`rl compare [MODEL...]`: families at one compute budget, or named models, side by side."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+
+from rlcli.cli._common import (
+    Column,
+    choose_format,
+    print_csv,
+    print_json,
+    print_table,
+    progress_bar,
+    si,
+    size_bytes,
+    thousands,
+)
+from rlcli.cli._completion import complete_model_name
+
+if TYPE_CHECKING:
+    from rlcli.tasks.compare import Comparison
+
+HELP = """Compare ResNet, ResNeXt and MobileNet at one compute budget, or any models you name, side by side.
+
+Without MODEL, one member of each family is scaled by its width knob to --macs (default: ResNet-50's budget)
+within 2 %, found by search on the meta device; the table says which knob got which value. With MODELs, the
+registry models are compared as they are (the same figures as `rl summary`). Timings build real weights: latency
+at batch 1 (median and 10th-90th percentiles after warm-up) and throughput at --batch-size, same threads and input
+for every model. Published ImageNet accuracy appears only for stock torchvision configurations.
+
+Examples:
+
+\b
+  rl compare                                   # at ResNet-50's 4.09 GMACs
+  rl compare --macs 1G --families resnet,resnext --groups 16
+  rl compare resnet50 resnext50_32x4d mobilenet_v3_large --plot models.png
+  rl compare --macs 300M --no-time --json
+"""
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+def register(app: typer.Typer) -> None:
+    app.command("compare", help=HELP)(compare_command)
+
+
+def compare_command(
+    models: list[str] | None = typer.Argument(
+        None, metavar="MODEL", help="Registry models to compare as they are.", autocompletion=complete_model_name
+    ),
+    macs: str | None = typer.Option(None, "--macs", help="Budget in MACs, e.g. 4.1G, 600M (default: ResNet-50's)."),
+    families: str | None = typer.Option(
+        None, "--families", help="Comma-separated: resnet, resnext, mobilenet_v2, mobilenet_v3 (default: all)."
+    ),
+    groups: int = typer.Option(32, "--groups", min=1, help="ResNeXt cardinality (paths per block)."),
+    input_size: str | None = typer.Option(None, "--input-size", "-i", help="Resolution, e.g. 224 or 3x256x256."),
+    batch_size: int = typer.Option(8, "--batch-size", "-b", min=1, help="Batch for the throughput figure."),
+    repeats: int = typer.Option(10, "--repeats", min=3, help="Timed runs at batch 1 (after 3 warm-up runs)."),
+    no_time: bool = typer.Option(False, "--no-time", help="Skip timing (no weights are allocated then)."),
+    device: Device = typer.Option(Device.cpu, "--device", help="Where to time."),
+    threads: int | None = typer.Option(None, "--threads", min=1, help="CPU threads (default: torch's)."),
+    plot: Path | None = typer.Option(None, "--plot", help="Write a PNG chart (latency vs MACs, size = params)."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON document."),
+    csv_out: bool = typer.Option(False, "--csv", help="Print CSV."),
+) -> None:
+    from rlcli.tasks.compare import Timing, compare
+
+    fmt = choose_format(json_out, csv_out)
+    if plot is not None and plot.suffix.lower() != ".png":
+        raise typer.BadParameter("the chart is a PNG: give a file name ending in .png", param_hint="--plot")
+    timing = None
+    if not no_time:
+        import torch
+
+        from rlcli.tasks.classify import resolve_device
+
+        timing = Timing(
+            device=str(resolve_device(device.value)),
+            threads=threads or torch.get_num_threads(),
+            warmup=3,
+            repeats=repeats,
+            batch_size=batch_size,
+        )
+    chosen = [f.strip() for f in families.split(",") if f.strip()] if families else None
+    with progress_bar() as report:
+        result = compare(
+            models or None,
+            budget=macs,
+            families=chosen,
+            groups=groups,
+            input_size=input_size,
+            timing=timing,
+            progress=report,
+        )
+    if plot is not None:
+        write_plot(result, plot)
+    if fmt.value == "json":
+        print_json(result.to_dict())
+    elif fmt.value == "csv":
+        fields = [f for f in result.entries[0].__dataclass_fields__]
+        print_csv(fields, [[getattr(e, f) for f in fields] for e in result.entries])
+    else:
+        print_table(COLUMNS, [row(e) for e in result.entries], title=title(result), footer=footer(result))
+
+
+COLUMNS = [
+    Column("Model"),
+    Column("Scaling"),
+    Column("Input"),
+    Column("Params", "right"),
+    Column("MACs", "right"),
+    Column("FLOPs", "right"),
+    Column("Activations", "right"),
+    Column("Weights", "right"),
+    Column("Latency ms", "right"),
+    Column("p10-p90", "right"),
+    Column("img/s", "right"),
+    Column("Top-1", "right"),
+    Column("Top-5", "right"),
+]
+
+
+def row(e) -> list[str]:
+    def number(value, digits):
+        return "" if value is None else f"{value:.{digits}f}"
+
+    spread = "" if e.latency_p10_ms is None else f"{e.latency_p10_ms:.1f}-{e.latency_p90_ms:.1f}"
+    return [
+        e.name,
+        e.knob,
+        "x".join(map(str, e.input_size)),
+        thousands(e.params),
+        si(e.macs),
+        si(e.flops),
+        size_bytes(e.activation_bytes),
+        size_bytes(e.weight_bytes),
+        number(e.latency_ms, 1),
+        spread,
+        number(e.throughput, 1),
+        number(e.top1, 2),
+        number(e.top5, 2),
+    ]
+
+
+def title(result: Comparison) -> str:
+    if result.budget is None:
+        return "Named models, as they are"
+    return f"At a budget of {si(result.budget)}MACs ({thousands(result.budget)}), each within 2 %"
+
+
+def footer(result: Comparison) -> list[str]:
+    lines = [f"Convention: {result.convention}."]
+    if result.timing:
+        t = result.timing
+        lines.append(
+            f"Timing: {t.device}, {t.threads} threads, inference mode, random weights; latency at batch 1 is the "
+            f"median of {t.repeats} runs after {t.warmup} warm-up runs (p10-p90 beside it); throughput at batch "
+            f"{t.batch_size}, median of {max(3, t.repeats // 2)} runs."
+        )
+    else:
+        lines.append("Not timed (--no-time).")
+    lines.append("Top-1/Top-5: torchvision's published ImageNet-1k accuracy, for stock configurations only.")
+    lines.extend(f"Note: {n}." for n in result.notes)
+    return lines
+
+
+def write_plot(result: Comparison, path: Path) -> None:
+    """Latency (or, untimed, parameters) against MACs; bubble area = parameters; one colour per family."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from rlcli.core.files import atomic_path
+
+    timed = result.entries[0].latency_ms is not None
+    figure, axes = plt.subplots(figsize=(8, 5), dpi=130)
+    palette = plt.get_cmap("tab10")
+    families = sorted({e.family for e in result.entries})
+    for entry in result.entries:
+        x = entry.macs / 1e9
+        y = entry.latency_ms if timed else entry.params / 1e6
+        colour = palette(families.index(entry.family) % 10)
+        axes.scatter(x, y, s=40 + entry.params / 2e5, color=colour, alpha=0.6, edgecolor="black", linewidth=0.6)
+        axes.annotate(entry.name, (x, y), textcoords="offset points", xytext=(8, 6), fontsize=8)
+    for family in families:
+        axes.scatter([], [], color=palette(families.index(family) % 10), label=family, s=60)
+    axes.set_xlabel("GMACs per image (FLOPs = 2 x MACs)")
+    if timed:
+        axes.set_ylabel(f"latency at batch 1, ms ({result.timing.device}, {result.timing.threads} threads)")
+    else:
+        axes.set_ylabel("parameters, millions")
+    axes.set_title(title(result) + "\nbubble area ~ parameters", fontsize=10)
+    axes.grid(alpha=0.3)
+    axes.legend(title="family", fontsize=8)
+    axes.margins(0.2)
+    figure.tight_layout()
+    with atomic_path(path) as temp:
+        figure.savefig(temp, format="png")
+    plt.close(figure)

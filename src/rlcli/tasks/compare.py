@@ -1,0 +1,351 @@
+"""`rl compare`: ResNet vs ResNeXt vs MobileNet at one compute budget, or any named models, side by side.
+
+Scaling: each family's width knob is found by bisection on MACs counted on the meta device (no weights, a few
+hundred milliseconds per try), to land within 2 % of the budget. Where a family's channel rounding leaves a gap
+around the budget, a second stated knob takes over: ResNeXt's channels per path, MobileNet's input resolution.
+Timing, when asked, builds real weights and measures on the chosen device with the chosen threads.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from rlcli.errors import RlError, UsageError
+
+FAMILIES = ("resnet", "resnext", "mobilenet_v2", "mobilenet_v3")
+TOLERANCE = 0.02
+WIDTH_RANGE = (0.05, 12.0)
+
+
+def parse_macs(text: str) -> int:
+    """``4.1G``, ``300M``, ``2.5e9`` or ``4100000000`` -> MACs."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[+-]?\d+)?)\s*([kmgt]?)\s*(?:macs?)?\s*", text.lower())
+    if not match:
+        raise UsageError(f"invalid budget '{text}': expected e.g. 4.1G, 300M or 2.5e9 (MACs)")
+    value = float(match.group(1)) * {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}[match.group(2)]
+    if value <= 0:
+        raise UsageError(f"invalid budget '{text}': must be positive")
+    return round(value)
+
+
+@dataclass
+class Entry:
+    """One row of the comparison."""
+
+    name: str
+    family: str
+    knob: str  # how the model was scaled, or "stock"
+    input_size: list[int]
+    params: int
+    macs: int
+    flops: int
+    activation_bytes: int
+    weight_bytes: int
+    stock: str | None = None  # the torchvision model this is, exactly
+    top1: float | None = None  # published ImageNet-1k accuracy of its default weights (stock configs only)
+    top5: float | None = None
+    latency_ms: float | None = None  # batch 1, median
+    latency_p10_ms: float | None = None
+    latency_p90_ms: float | None = None
+    throughput: float | None = None  # images/s at the timing batch size
+
+
+@dataclass
+class Timing:
+    device: str
+    threads: int
+    warmup: int
+    repeats: int
+    batch_size: int
+
+
+@dataclass
+class Comparison:
+    budget: int | None
+    entries: list[Entry]
+    timing: Timing | None
+    convention: str
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --- building at a budget ------------------------------------------------------------------------------------
+
+
+def count_macs(build: Callable[[], Any], input_size: tuple[int, ...]) -> tuple[int, Any]:
+    """MACs of one image, counted on the meta device, and the (meta) model."""
+    import torch
+
+    from rlcli.core.flops import profile_forward
+    from rlcli.core.meta import build_on_meta
+
+    net = build_on_meta(build).eval()
+    return profile_forward(net, (torch.empty(1, *input_size, device="meta"),)).total_macs, net
+
+
+def scale_family(family: str, budget: int, input_size: tuple[int, ...], groups: int = 32):
+    """The family member closest to ``budget`` (within 2 %): its config, input size and MACs."""
+    from rlcli.models.scaled import FamilyConfig
+
+    if family not in FAMILIES:
+        raise UsageError(f"unknown family '{family}': choose from {', '.join(FAMILIES)}")
+    variants: list[tuple[dict[str, Any], tuple[int, ...]]] = [({}, input_size)]
+    if family == "resnext":
+        variants = [({"width_per_group": d}, input_size) for d in (4, 3, 5, 2, 6, 8)]
+    elif family.startswith("mobilenet"):
+        side = input_size[-1]
+        variants += [({}, (input_size[0], side + step, side + step)) for step in (8, -8, 16, -16, 24, -24)]
+    best = None
+    for extra, size in variants:
+        options = {"groups": groups if family == "resnext" else 1, **extra}
+        if family == "resnext" and "width_per_group" not in options:
+            options["width_per_group"] = 4
+        found = _bisect_width(lambda w, o=options: FamilyConfig(family, w, **o), budget, size)
+        if found is None:
+            continue
+        config, macs = found
+        error = abs(macs - budget) / budget
+        if best is None or error < best[3]:
+            best = (config, size, macs, error)
+        if error <= TOLERANCE:
+            break
+    if best is None or best[3] > TOLERANCE:
+        low, high = _reachable(family, input_size, groups)
+        raise RlError(
+            f"cannot scale {family} to {budget / 1e9:.3g} GMACs within 2 % at {input_size[-1]} px "
+            f"(its width knob reaches {low / 1e9:.3g} to {high / 1e9:.3g} GMACs)"
+        )
+    return best[0], best[1], best[2]
+
+
+def _bisect_width(make, budget: int, size: tuple[int, ...]):
+    stock = _macs_or_none(make(1.0), size)
+    if stock is not None and abs(stock - budget) / budget <= TOLERANCE:
+        return make(1.0), stock  # the published configuration itself is within the budget: prefer it
+    low, high = WIDTH_RANGE
+    low_macs, high_macs = _macs_or_none(make(low), size), _macs_or_none(make(high), size)
+    while low_macs is None and low < high:  # too narrow to build: move the lower end up
+        low *= 1.5
+        low_macs = _macs_or_none(make(low), size)
+    if low_macs is None or high_macs is None or not low_macs <= budget <= high_macs:
+        return None
+    best = min(((make(low), low_macs), (make(high), high_macs)), key=lambda c: abs(c[1] - budget))
+    for _ in range(40):
+        middle = round((low + high) / 2, 6)
+        config = make(middle)
+        macs = _macs_or_none(config, size)
+        if macs is None:
+            break
+        if abs(macs - budget) < abs(best[1] - budget):
+            best = (config, macs)
+        if abs(macs - budget) / budget <= TOLERANCE / 4 or high - low < 1e-4:
+            break
+        low, high = (middle, high) if macs < budget else (low, middle)
+    return best
+
+
+def _macs_or_none(config, size) -> int | None:
+    try:
+        return count_macs(config.build, size)[0]
+    except (ValueError, RuntimeError):
+        return None
+
+
+def _reachable(family: str, input_size: tuple[int, ...], groups: int) -> tuple[int, int]:
+    from rlcli.models.scaled import FamilyConfig
+
+    options = {"groups": groups, "width_per_group": 4} if family == "resnext" else {}
+    low = WIDTH_RANGE[0]
+    while (low_macs := _macs_or_none(FamilyConfig(family, low, **options), input_size)) is None:
+        low *= 1.5
+    return low_macs, _macs_or_none(FamilyConfig(family, WIDTH_RANGE[1], **options), input_size) or 0
+
+
+# --- entries -------------------------------------------------------------------------------------------------
+
+
+def _entry_from_summary(summary, *, name: str, family: str, knob: str, stock: str | None) -> Entry:
+    top1 = top5 = None
+    if stock:
+        import torchvision.models as tvm
+
+        metrics = tvm.get_model_weights(stock).DEFAULT.meta.get("_metrics", {}).get("ImageNet-1K", {})
+        top1, top5 = metrics.get("acc@1"), metrics.get("acc@5")
+    return Entry(
+        name=name,
+        family=family,
+        knob=knob,
+        input_size=list(summary.input_size),
+        params=summary.params,
+        macs=summary.macs,
+        flops=summary.flops,
+        activation_bytes=summary.activation_bytes,
+        weight_bytes=sum(summary.param_bytes.values()),
+        stock=stock,
+        top1=top1,
+        top5=top5,
+    )
+
+
+def scaled_entries(families: list[str], budget: int, input_size: tuple[int, ...], groups: int) -> list[tuple]:
+    """(Entry, builder) for each family scaled to ``budget``."""
+    from rlcli.models.registry import ModelSpec
+    from rlcli.tasks.summary import summarize_spec
+
+    rows = []
+    for family in families:
+        config, size, _ = scale_family(family, budget, input_size, groups)
+        stock = config.stock_name() if size == input_size and input_size[-1] == 224 else None
+        spec = ModelSpec(
+            name=_scaled_name(config),
+            family=family,
+            source="rlcli",
+            task="image-classification",
+            default_input=size,
+            builder=lambda input_size, c=config, **kw: c.build(**kw),
+        )
+        summary = summarize_spec(spec, size, depth=0)
+        knob = config.describe() + ("" if size == input_size else f", input {size[-1]} px")
+        rows.append((_entry_from_summary(summary, name=spec.name, family=family, knob=knob, stock=stock), spec))
+    return rows
+
+
+def _scaled_name(config) -> str:
+    from rlcli.models.scaled import scaled_group_width
+
+    if config.stock_name():
+        return config.stock_name()
+    if config.family == "resnext":
+        return f"resnext50-{config.groups}x{scaled_group_width(config)}d-w{config.width:.2f}"
+    if config.family == "resnet":
+        return f"resnet50-w{config.width:.2f}"
+    return f"{config.family.replace('_', '-')}-w{config.width:.2f}"
+
+
+def named_entries(names: list[str], input_size: str | None) -> list[tuple]:
+    """(Entry, spec) for registry models as they are; figures are exactly `rl summary`'s."""
+    from rlcli.models.registry import get_spec
+    from rlcli.tasks.summary import summarize
+
+    rows = []
+    for name in names:
+        spec = get_spec(name)
+        if spec.input_kind != "image":
+            raise UsageError(f"{name} is not an image model; rl compare times image models")
+        summary = summarize(name, input_size=input_size, depth=0)
+        stock = name if spec.source == "torchvision" and input_size is None else None
+        entry = _entry_from_summary(summary, name=name, family=spec.family, knob="stock", stock=stock)
+        rows.append((entry, spec))
+    return rows
+
+
+# --- timing --------------------------------------------------------------------------------------------------
+
+
+def time_model(spec, entry: Entry, timing: Timing, progress: Callable[[str, int, int], None] | None = None) -> None:
+    """Latency at batch 1 (median, 10th and 90th percentiles) and throughput at ``timing.batch_size``."""
+    import torch
+
+    from rlcli.tasks.classify import CONV_FAMILIES
+
+    device = torch.device(timing.device)
+    size = tuple(entry.input_size)
+    torch.manual_seed(0)
+    net = spec.build(size).eval().to(device)
+    channels_last = entry.family in CONV_FAMILIES or entry.family in FAMILIES
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    if channels_last:
+        net = net.to(memory_format=memory_format)
+    single = torch.randn(1, *size, device=device).contiguous(memory_format=memory_format)
+    batch = torch.randn(timing.batch_size, *size, device=device).contiguous(memory_format=memory_format)
+    steps = timing.warmup + timing.repeats + timing.warmup + max(3, timing.repeats // 2)
+    done = 0
+
+    def run(x):
+        nonlocal done
+        started = time.perf_counter()
+        net(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        done += 1
+        if progress:
+            progress(f"timing {entry.name}", done, steps)
+        return time.perf_counter() - started
+
+    with torch.inference_mode():
+        for _ in range(timing.warmup):
+            run(single)
+        latencies = sorted(run(single) * 1000 for _ in range(timing.repeats))
+        for _ in range(timing.warmup):
+            run(batch)
+        seconds = [run(batch) for _ in range(max(3, timing.repeats // 2))]
+    entry.latency_ms = statistics.median(latencies)
+    entry.latency_p10_ms = _percentile(latencies, 0.1)
+    entry.latency_p90_ms = _percentile(latencies, 0.9)
+    entry.throughput = timing.batch_size / statistics.median(seconds)
+
+
+def _percentile(ordered: list[float], q: float) -> float:
+    position = q * (len(ordered) - 1)
+    low, high = math.floor(position), math.ceil(position)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+# --- the whole comparison ------------------------------------------------------------------------------------
+
+
+def compare(
+    models: list[str] | None = None,
+    *,
+    budget: str | None = None,
+    families: list[str] | None = None,
+    groups: int = 32,
+    input_size: str | None = None,
+    timing: Timing | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> Comparison:
+    """Named models as they are, or one member of each family at ``budget`` (default: ResNet-50's MACs)."""
+    from rlcli.core.flops import CONVENTION
+    from rlcli.core.shapes import parse_input_size
+
+    if groups < 1:
+        raise UsageError("--groups must be at least 1")
+    notes = []
+    if models:
+        if budget is not None or families:
+            raise UsageError("name models, or give --macs/--families, not both")
+        rows = named_entries(models, input_size)
+        target = None
+    else:
+        size = parse_input_size(input_size, (3, 224, 224)) if input_size else (3, 224, 224)
+        chosen = families or list(FAMILIES)
+        unknown = [f for f in chosen if f not in FAMILIES]
+        if unknown:
+            raise UsageError(f"unknown family '{unknown[0]}': choose from {', '.join(FAMILIES)}")
+        if budget is None:
+            from rlcli.models.scaled import FamilyConfig
+
+            target = count_macs(FamilyConfig("resnet", 1.0).build, size)[0]
+            notes.append("budget: ResNet-50's MACs at this input size")
+        else:
+            target = parse_macs(budget)
+        rows = scaled_entries(chosen, target, size, groups)
+    if timing is not None:
+        import torch
+
+        previous = torch.get_num_threads()
+        torch.set_num_threads(timing.threads)
+        try:
+            for entry, spec in rows:
+                time_model(spec, entry, timing, progress)
+        finally:
+            torch.set_num_threads(previous)
+    return Comparison(budget=target, entries=[e for e, _ in rows], timing=timing, convention=CONVENTION, notes=notes)

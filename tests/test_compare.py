@@ -1,0 +1,96 @@
+"""`rl compare`: families scaled to a budget, named models, accuracy only for stock configs, plot, JSON, errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+from rlcli.errors import RlError, UsageError
+from rlcli.tasks.compare import FAMILIES, compare, parse_macs
+from rlcli.tasks.summary import summarize
+
+
+@pytest.mark.parametrize("budget", ["0.3G", "1G", "4.1G"])
+def test_every_family_lands_within_two_percent(budget):
+    result = compare(budget=budget)
+    target = parse_macs(budget)
+    assert result.budget == target
+    assert [e.family for e in result.entries] == list(FAMILIES)
+    for entry in result.entries:
+        assert abs(entry.macs - target) / target <= 0.02, entry
+        assert entry.knob != "stock" and entry.flops == 2 * entry.macs
+
+
+def test_default_budget_is_resnet50_and_only_stock_configs_show_accuracy():
+    result = compare(families=["resnet", "resnext"])
+    resnet, resnext = result.entries
+    assert result.budget == 4_089_184_256
+    assert resnet.name == "resnet50" and resnet.params == 25_557_032 and resnet.stock == "resnet50"
+    assert resnet.top1 == pytest.approx(80.858) and resnet.top5 == pytest.approx(95.434)
+    assert resnext.stock is None and resnext.top1 is None and resnext.top5 is None
+
+
+def test_groups_change_resnext_cardinality():
+    result = compare(budget="1G", families=["resnext"], groups=8)
+    [entry] = result.entries
+    assert "8 x" in entry.knob and entry.name.startswith("resnext50-8x")
+
+
+def test_named_models_match_rl_summary_exactly():
+    result = compare(["resnet50", "mobilenet_v3_large", "swin_t"])
+    for entry in result.entries:
+        summary = summarize(entry.name, depth=0)
+        assert (entry.params, entry.macs, entry.flops) == (summary.params, summary.macs, summary.flops)
+        assert entry.activation_bytes == summary.activation_bytes
+        assert entry.weight_bytes == sum(summary.param_bytes.values())
+        assert entry.top1 is not None
+    sized = compare(["resnet50"], input_size="3x256x256")
+    assert sized.entries[0].top1 is None  # not the published evaluation: no published accuracy
+
+
+@pytest.mark.parametrize(
+    ("budget", "error", "message"),
+    [
+        ("0", UsageError, "must be positive"),
+        ("-1G", UsageError, "invalid budget"),
+        ("lots", UsageError, "invalid budget"),
+        ("1K", RlError, "cannot scale resnet"),
+        ("90T", RlError, "cannot scale resnet"),
+    ],
+)
+def test_bad_budgets(budget, error, message):
+    with pytest.raises(error, match=message):
+        compare(budget=budget, families=["resnet"])
+
+
+def test_unknown_family():
+    with pytest.raises(UsageError, match="unknown family 'vgg'"):
+        compare(budget="1G", families=["vgg"])
+
+
+def test_cli_json_plot_and_timing(rl, tmp_path):
+    chart = tmp_path / "chart.png"
+    result = rl("compare", "mobilenet_v3_small", "resnet18", "--repeats", "3", "-b", "2", "--json", "--plot", str(chart))
+    assert result.code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["budget"] is None and doc["timing"]["batch_size"] == 2 and doc["timing"]["repeats"] == 3
+    assert "FLOPs = 2 x MACs" in doc["convention"]
+    for entry in doc["entries"]:
+        assert entry["latency_ms"] > 0 and entry["throughput"] > 0
+        assert entry["latency_p10_ms"] <= entry["latency_ms"] <= entry["latency_p90_ms"]
+        assert {"name", "family", "knob", "params", "macs", "flops", "activation_bytes", "weight_bytes"} <= set(entry)
+    with Image.open(chart) as image:
+        assert image.format == "PNG" and image.size[0] > 400
+
+
+def test_cli_table_and_errors(rl):
+    table = rl("compare", "--macs", "300M", "--families", "mobilenet_v2", "--no-time")
+    assert table.code == 0, table.stderr
+    assert "width_mult" in table.stdout and "Not timed" in table.stdout
+    assert rl("compare", "--macs", "0", "--no-time").code == 2
+    assert rl("compare", "resnet50", "--macs", "1G", "--no-time").code == 2
+    unreachable = rl("compare", "--macs", "1K", "--families", "resnet", "--no-time")
+    assert unreachable.code == 1 and unreachable.stderr.startswith("error: cannot scale resnet")
+    assert rl("compare", "--plot", "chart.jpg", "--no-time").code == 2
