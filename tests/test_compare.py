@@ -72,7 +72,8 @@ def test_unknown_family():
 
 def test_cli_json_plot_and_timing(rl, tmp_path):
     chart = tmp_path / "chart.png"
-    result = rl("compare", "mobilenet_v3_small", "resnet18", "--repeats", "3", "-b", "2", "--json", "--plot", str(chart))
+    args = ["mobilenet_v3_small", "resnet18", "--repeats", "3", "-b", "2", "--json", "--plot", str(chart)]
+    result = rl("compare", *args)
     assert result.code == 0, result.stderr
     doc = json.loads(result.stdout)
     assert doc["budget"] is None and doc["timing"]["batch_size"] == 2 and doc["timing"]["repeats"] == 3
