@@ -147,8 +147,8 @@ def test_mismatched_keys_and_shapes_fail_before_writing(tmp_path, checkpoints):
     with pytest.raises(CheckpointError) as info:
         merge_checkpoints([*checkpoints, bad], out)
     message = str(info.value)
-    assert "odd.pt" in message and "missing 1 keys (2.bias)" in message and "unexpected 1 keys (extra)" in message
-    assert "0.weight [5, 3, 3, 3] vs [4, 3, 3, 3]" in message
+    assert "odd.pt" in message and "missing 1 (2.bias)" in message and "unexpected 1 (extra)" in message
+    assert "0.weight: [5, 3, 3, 3] here vs [4, 3, 3, 3] in epoch0.pt" in message
     assert not out.exists()
 
 

@@ -26,6 +26,17 @@ class OutputFormat(str, Enum):
     csv = "csv"
 
 
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class DType(str, Enum):
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+
+
 @dataclass
 class State:
     debug: bool = False

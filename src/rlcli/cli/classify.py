@@ -5,13 +5,12 @@ from __future__ import annotations
 import csv
 import os
 import sys
-from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
 
-from rlcli.cli._common import choose_format, print_json_line, progress_bar
+from rlcli.cli._common import Device, DType, choose_format, print_json_line, progress_bar
 from rlcli.cli._completion import complete_model_name
 
 if TYPE_CHECKING:
@@ -34,17 +33,6 @@ Examples:
   find shots -name '*.jpg' | rl classify - -w runs/shapes.safetensors --json
   rl classify 'data/**/*.png' -m efficientnet_b0 --csv > labels.csv
 """
-
-
-class DType(str, Enum):
-    float32 = "float32"
-    bfloat16 = "bfloat16"
-
-
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
 
 
 def default_workers() -> int:

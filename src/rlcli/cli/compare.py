@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -10,6 +9,7 @@ import typer
 
 from rlcli.cli._common import (
     Column,
+    Device,
     choose_format,
     print_csv,
     print_json,
@@ -40,12 +40,6 @@ Examples:
   rl compare resnet50 resnext50_32x4d mobilenet_v3_large --plot models.png
   rl compare --macs 300M --no-time --json
 """
-
-
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
 
 
 def register(app: typer.Typer) -> None:
@@ -80,7 +74,7 @@ def compare_command(
     if not no_time:
         import torch
 
-        from rlcli.tasks.classify import resolve_device
+        from rlcli.core.devices import resolve_device
 
         timing = Timing(
             device=str(resolve_device(device.value)),

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import sys
-from enum import Enum
 from typing import TYPE_CHECKING
 
 import typer
 
-from rlcli.cli._common import note, print_json, stdout_is_terminal, warn
+from rlcli.cli._common import Device, DType, note, print_json, stdout_is_terminal, warn
 
 if TYPE_CHECKING:
     from rlcli.tasks.generate import GenerationResult
@@ -31,17 +30,6 @@ Examples:
   rl generate -m ./my-gpt2 --temperature 0 --stop "\\n\\n" "Q: What is SWA?\\nA:"
   rl generate --num-samples 3 --json "Once upon a time" | jq -r '.samples[].text'
 """
-
-
-class DType(str, Enum):
-    float32 = "float32"
-    bfloat16 = "bfloat16"
-
-
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
 
 
 def register(app: typer.Typer) -> None:

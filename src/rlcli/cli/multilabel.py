@@ -9,9 +9,19 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from rlcli.cli._common import Column, choose_format, note, print_json, print_json_line, print_table, progress_bar
+from rlcli.cli._common import (
+    Column,
+    Device,
+    DType,
+    choose_format,
+    note,
+    print_json,
+    print_json_line,
+    print_table,
+    progress_bar,
+)
 from rlcli.cli._completion import complete_model_name
-from rlcli.cli.classify import Device, DType, default_workers, parse_floats, report_problem
+from rlcli.cli.classify import default_workers, parse_floats, report_problem
 
 if TYPE_CHECKING:
     from rlcli.tasks.multilabel import CSRASettings, LabelSet

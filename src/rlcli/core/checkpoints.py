@@ -235,24 +235,36 @@ def _unshare(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def load_into(model: nn.Module, state_dict: dict[str, torch.Tensor], *, source: str, assign: bool = False) -> None:
     """``model.load_state_dict`` with an error that names the missing, unexpected and mis-shaped tensors."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    mismatched = [
-        f"{k}: checkpoint {list(state_dict[k].shape)} vs model {list(expected[k].shape)}"
-        for k in expected
-        if k in state_dict and tuple(state_dict[k].shape) != tuple(expected[k].shape)
-    ]
-    if missing or unexpected or mismatched:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} ({list_some(missing)})")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)} ({list_some(unexpected)})")
-        if mismatched:
-            parts.append(f"shape mismatch {len(mismatched)} ({list_some(mismatched)})")
-        raise CheckpointError(f"{source} does not fit the model: " + "; ".join(parts))
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    found = {name: tuple(t.shape) for name, t in state_dict.items()}
+    problems = describe_mismatch(expected, found, "checkpoint {found} vs model {expected}")
+    if problems:
+        raise CheckpointError(f"{source} does not fit the model: {problems}")
     model.load_state_dict(state_dict, strict=True, assign=assign)
+
+
+def describe_mismatch(
+    expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]], shape_format: str
+) -> str | None:
+    """'missing N (names); unexpected N (names); shape mismatch N (name: ...)', or None when the layouts agree.
+
+    ``shape_format`` words a conflict from ``{found}`` and ``{expected}``, e.g. "checkpoint {found} vs model ...".
+    """
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    mismatched = [
+        f"{k}: " + shape_format.format(found=list(found[k]), expected=list(expected[k]))
+        for k in expected
+        if k in found and found[k] != expected[k]
+    ]
+    parts = []
+    if missing:
+        parts.append(f"missing {len(missing)} ({list_some(missing)})")
+    if unexpected:
+        parts.append(f"unexpected {len(unexpected)} ({list_some(unexpected)})")
+    if mismatched:
+        parts.append(f"shape mismatch {len(mismatched)} ({list_some(mismatched)})")
+    return "; ".join(parts) or None
 
 
 def list_some(items: list[str], limit: int = 3) -> str:

@@ -29,29 +29,21 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO]
         >>> with atomic_write("avg.pt") as f:
         ...     torch.save(state, f)
     """
-    target = Path(path)
-    fd, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent or ".")
-    try:
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temp_name, _default_mode(target))
-        os.replace(temp_name, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp_name)
-        raise
+    with atomic_path(path) as temp, open(temp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
+        yield handle
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Like ``atomic_write`` for writers that want a file name (safetensors' ``save_file``, Pillow's ``save``)."""
+    """A temporary file name beside ``path`` for writers that want a name (safetensors, Pillow); when the block
+    ends, its content is flushed to disk and renamed over ``path``; on error the temporary file is removed."""
     target = Path(path)
     fd, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent or ".")
     os.close(fd)
     try:
         yield Path(temp_name)
+        with open(temp_name, "rb+") as written:
+            os.fsync(written.fileno())  # durable before it becomes visible under the real name
         os.chmod(temp_name, _default_mode(target))
         os.replace(temp_name, target)
     except BaseException:

@@ -17,11 +17,11 @@ import torch
 from torch import nn
 
 from rlcli.core.checkpoints import CheckpointInfo, load_checkpoint, load_into
+from rlcli.core.devices import DTYPES, resolve_device
 from rlcli.core.images import ImageBatch, InputProblem, Preprocess, image_batches
 from rlcli.core.meta import build_on_meta
 from rlcli.errors import CheckpointError, RlError, UsageError
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 CONV_FAMILIES = {
     "resnet", "resnext", "wide_resnet", "mobilenet_v2", "mobilenet_v3", "efficientnet", "regnet", "densenet",
     "vgg", "alexnet", "googlenet", "inception", "mnasnet", "shufflenet_v2", "squeezenet", "convnext",
@@ -57,16 +57,6 @@ class PreprocessOverrides:
         if "crop" in changes and "resize" not in changes:
             changes["resize"] = round(changes["crop"] / base.crop * base.resize)
         return replace(base, **changes)
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RlError("--device cuda: no CUDA device is available (torch sees none)")
-    if device not in ("cpu", "cuda"):
-        raise UsageError(f"unknown device '{device}': choose auto, cpu or cuda")
-    return torch.device(device)
 
 
 def load_classifier(

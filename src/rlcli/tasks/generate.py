@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from rlcli.core.checkpoints import load_checkpoint, load_into
+from rlcli.core.devices import DTYPES, resolve_device
 from rlcli.core.hub import find_hf_snapshot
 from rlcli.core.meta import build_on_meta
 from rlcli.core.text import END_OF_TEXT, load_tokenizer
@@ -33,7 +34,6 @@ from rlcli.models.gpt2 import (
 )
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 TextCallback = Callable[[int, str], None]
 
@@ -89,16 +89,6 @@ def resolve_model_folder(name: str) -> Path:
         f"rl never downloads. Fetch it once with `hf download {repo} config.json model.safetensors "
         f"tokenizer.json`, or pass a folder with --model DIR"
     )
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RlError("--device cuda: no CUDA device is available (torch sees none)")
-    if device not in ("cpu", "cuda"):
-        raise UsageError(f"unknown device '{device}': choose auto, cpu or cuda")
-    return torch.device(device)
 
 
 def load_language_model(name: str, *, dtype: str = "float32", device: str = "auto") -> LanguageModel:

@@ -20,11 +20,12 @@ from typing import Any
 import torch
 
 from rlcli.core.checkpoints import load_checkpoint, load_into
+from rlcli.core.devices import DTYPES, resolve_device
 from rlcli.core.images import ImageBatch, InputProblem, Preprocess
 from rlcli.core.meta import build_on_meta
 from rlcli.errors import CheckpointError, RlError, UsageError
 from rlcli.models.csra import OFFICIAL_LAMBDA, TEMPERATURES, head_count, infer_resnet_depth
-from rlcli.tasks.classify import DTYPES, LoadedClassifier, RunOptions, forward_batches, resolve_device
+from rlcli.tasks.classify import LoadedClassifier, RunOptions, forward_batches
 
 # --- class lists ---------------------------------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ from rlcli.core.checkpoints import (
     TORCH_SUFFIXES,
     Checkpoint,
     CheckpointInfo,
+    describe_mismatch,
     find_state_dict,
     list_some,
     load_checkpoint,
@@ -235,22 +236,11 @@ def _add_into(sums: dict[str, torch.Tensor], state: dict[str, torch.Tensor], wei
 
 
 def _compare_layouts(first: Path, reference: Layout, path: Path, layout: Layout) -> None:
-    missing = [k for k in reference if k not in layout]
-    unexpected = [k for k in layout if k not in reference]
-    shapes = [
-        f"{k} {list(layout[k][0])} vs {list(reference[k][0])} in {first.name}"
-        for k in reference
-        if k in layout and layout[k][0] != reference[k][0]
-    ]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} keys ({list_some(missing)})")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)} keys ({list_some(unexpected)})")
-        if shapes:
-            parts.append(f"shape conflicts: {list_some(shapes)}")
-        raise CheckpointError(f"{path} does not match {first}: " + "; ".join(parts) + "; nothing written")
+    expected = {name: shape for name, (shape, _) in reference.items()}
+    found = {name: shape for name, (shape, _) in layout.items()}
+    problems = describe_mismatch(expected, found, f"{{found}} here vs {{expected}} in {first.name}")
+    if problems:
+        raise CheckpointError(f"{path} does not match {first}: {problems}; nothing written")
 
 
 def _finish_average(
