@@ -64,7 +64,9 @@ def multilabel_command(
     cam: Path | None = typer.Option(None, "--cam", help="Write attention-map PNGs into this folder."),
     labels: Path | None = typer.Option(None, "--labels", help="Evaluate against this CSV (path, class, ...)."),
     batch_size: int = typer.Option(16, "--batch-size", "-b", min=1, help="Images per forward pass."),
-    workers: int = typer.Option(None, "--workers", "-j", min=0, help="Decoding processes (default: cores - 1)."),
+    workers: int = typer.Option(
+        None, "--workers", "-j", min=0, help="Decoding processes (default: 1 per core, max 4)."
+    ),
     device: Device = typer.Option(Device.auto, "--device", help="auto picks cuda when available."),
     dtype: DType = typer.Option(DType.float32, "--dtype", help="Model and input dtype."),
     resize: int | None = typer.Option(None, "--resize", min=1, help="Square input size (official: 448)."),

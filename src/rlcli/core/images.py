@@ -214,6 +214,8 @@ def image_batches(
 
     Memory stays flat: at most ``2 x workers`` batches are decoded ahead of the one in use.
     """
+    import warnings
+
     loader = torch.utils.data.DataLoader(
         _ImageDataset(inputs, preprocess, draft),
         batch_size=batch_size,
@@ -222,4 +224,7 @@ def image_batches(
         prefetch_factor=2 if workers > 0 else None,
         persistent_workers=False,
     )
-    yield from loader
+    with warnings.catch_warnings():
+        # More workers than cores is the user's explicit choice (--workers); torch's advice would only add noise.
+        warnings.filterwarnings("ignore", message=".*worker processes in total.*")
+        yield from loader
