@@ -8,8 +8,12 @@ commands need no extra flags.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import json
+import mmap
 import pickle
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -282,3 +286,35 @@ def _describe_keys(obj: Any) -> str:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def drop_mapped_pages(tensor: torch.Tensor) -> None:
+    """Tell the kernel this process is done with a memory-mapped tensor's pages (Linux ``MADV_DONTNEED``).
+
+    The pages of a file mapping count towards the process's resident memory while they stay mapped, so streaming
+    through a memory-mapped checkpoint would otherwise hold all of it. The file is only read, so the kernel can
+    drop the pages; a later read of them (or of a neighbour sharing a page) faults them in again from the file,
+    most likely from the page cache. Elsewhere this does nothing.
+    """
+    if not sys.platform.startswith("linux") or tensor.numel() == 0:
+        return
+    libc = _libc()
+    if libc is None:
+        return
+    page = mmap.PAGESIZE
+    start = tensor.data_ptr() // page * page
+    end = tensor.data_ptr() + tensor.numel() * tensor.element_size()
+    libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), _MADV_DONTNEED)
+
+
+_MADV_DONTNEED = 4
+
+
+@functools.cache
+def _libc():
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+        return libc
+    except (OSError, AttributeError):
+        return None

@@ -224,10 +224,10 @@ def _scaled_name(config) -> str:
     if config.stock_name():
         return config.stock_name()
     if config.family == "resnext":
-        return f"resnext50-{config.groups}x{scaled_group_width(config)}d-w{config.width:.2f}"
+        return f"resnext50-{config.groups}x{scaled_group_width(config)}d-w{config.width:.3f}"
     if config.family == "resnet":
-        return f"resnet50-w{config.width:.2f}"
-    return f"{config.family.replace('_', '-')}-w{config.width:.2f}"
+        return f"resnet50-w{config.width:.3f}"
+    return f"{config.family.replace('_', '-')}-w{config.width:.3f}"
 
 
 def named_entries(names: list[str], input_size: str | None) -> list[tuple]:

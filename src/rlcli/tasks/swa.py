@@ -24,6 +24,7 @@ from rlcli.core.checkpoints import (
     Checkpoint,
     CheckpointInfo,
     describe_mismatch,
+    drop_mapped_pages,
     find_state_dict,
     list_some,
     load_checkpoint,
@@ -131,9 +132,13 @@ def merge_checkpoints(
             raise RlError(f"no images in {bn_data}")
 
     layout, sums, last = _accumulate(inputs, raw_weights, prefer_ema, report)
-    averaged = _finish_average(sums, sum(raw_weights), layout, last)
     copied = [name for name, (_, dtype) in layout.items() if not dtype.is_floating_point]
+    counters = {name: last.state_dict[name].clone() for name in copied}
     info = last.info
+    structure = last if keep_structure else None
+    # The last checkpoint's pages were all read while adding it; letting it go now keeps them out of the peak.
+    del last
+    averaged = _finish_average(sums, sum(raw_weights), layout, counters)
     notes = []
     if weights is not None:
         total = sum(raw_weights)
@@ -148,7 +153,7 @@ def merge_checkpoints(
             raise UsageError("--bn-data needs the architecture: pass --model, or merge rlcli checkpoints")
         result = _recompute_batchnorm(averaged, arch, info, bn_images, bn_batch_size, report)
 
-    written = _write(output, averaged, info, last if keep_structure else None, prefer_ema)
+    written = _write(output, averaged, info, structure, prefer_ema)
     total = sum(raw_weights)
     return MergeReport(
         inputs=[str(p) for p in inputs],
@@ -220,7 +225,8 @@ def _accumulate(
                 _compare_layouts(inputs[0], reference, path, layout)
             if pending is not None:
                 pending.result()  # bound memory: the previous checkpoint is fully added before this one starts
-            pending = adder.submit(_add_into, sums, checkpoint.state_dict, weight)
+            last = None  # and then let it go, mapped pages and all
+            pending = adder.submit(_add_into, sums, checkpoint.state_dict, weight, checkpoint.memory_mapped)
             last = checkpoint
             report("averaging", index + 1, len(inputs))
         if pending is not None:
@@ -229,10 +235,12 @@ def _accumulate(
     return reference, sums, last
 
 
-def _add_into(sums: dict[str, torch.Tensor], state: dict[str, torch.Tensor], weight: float) -> None:
+def _add_into(sums: dict[str, torch.Tensor], state: dict[str, torch.Tensor], weight: float, mapped: bool) -> None:
     for name, total in sums.items():
         # add_ promotes each float32/16 tensor into the float64 sum without a temporary copy.
         total.add_(state[name], alpha=weight)
+        if mapped:
+            drop_mapped_pages(state[name])  # so that a whole checkpoint is never resident at once
 
 
 def _compare_layouts(first: Path, reference: Layout, path: Path, layout: Layout) -> None:
@@ -244,9 +252,9 @@ def _compare_layouts(first: Path, reference: Layout, path: Path, layout: Layout)
 
 
 def _finish_average(
-    sums: dict[str, torch.Tensor], weight_sum: float, layout: Layout, last: Checkpoint
+    sums: dict[str, torch.Tensor], weight_sum: float, layout: Layout, counters: dict[str, torch.Tensor]
 ) -> dict[str, torch.Tensor]:
-    """Divide the sums and cast back to each tensor's dtype; integer and bool tensors come from ``last``."""
+    """Divide the sums and cast back to each tensor's dtype; integer and bool tensors are ``counters``."""
     averaged: dict[str, torch.Tensor] = {}
     non_finite = []
     for name, (_, dtype) in layout.items():
@@ -256,7 +264,7 @@ def _finish_average(
             if not torch.isfinite(value).all():
                 non_finite.append(name)
         else:
-            value = last.state_dict[name].clone()
+            value = counters[name]
         averaged[name] = value
     if non_finite:
         raise CheckpointError(f"the average has non-finite values in {list_some(non_finite)}; nothing written")
