@@ -279,3 +279,9 @@ def test_cli_interrupt_exits_130_and_keeps_output(rl, tiny_dir, monkeypatch):
     assert result.code == 130
     assert result.stdout.startswith("".join(calls))
     assert "Traceback" not in result.stderr
+
+
+def test_cli_missing_folder_is_named_as_a_folder(rl, tmp_path):
+    result = rl("generate", "-m", str(tmp_path / "no-such-model"), "hi")
+    assert result.code == 1
+    assert result.stderr == f"error: no such model folder: {tmp_path / 'no-such-model'}\n"

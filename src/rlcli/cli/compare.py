@@ -99,10 +99,14 @@ def compare_command(
     if fmt.value == "json":
         print_json(result.to_dict())
     elif fmt.value == "csv":
-        fields = [f for f in result.entries[0].__dataclass_fields__]
-        print_csv(fields, [[getattr(e, f) for f in fields] for e in result.entries])
+        fields = list(result.entries[0].__dataclass_fields__)
+        print_csv(fields, [[_csv_cell(getattr(e, f)) for f in fields] for e in result.entries])
     else:
         print_table(COLUMNS, [row(e) for e in result.entries], title=title(result), footer=footer(result))
+
+
+def _csv_cell(value):
+    return "x".join(map(str, value)) if isinstance(value, list) else value
 
 
 COLUMNS = [

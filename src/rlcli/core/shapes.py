@@ -33,7 +33,8 @@ def parse_input_size(text: str, default: tuple[int, ...]) -> tuple[int, ...]:
         dims = (default[0], *dims)
     if len(dims) != len(default):
         raise UsageError(
-            f"invalid input size '{text}': this model takes {len(default)} dimensions, e.g. {format_size(default)}"
+            f"invalid input size '{text}': this model takes {len(default)} dimension{'s' if len(default) > 1 else ''}, "
+            f"e.g. {format_size(default)}"
         )
     return dims
 

@@ -79,6 +79,8 @@ def resolve_model_folder(name: str) -> Path:
         return path
     if path.exists():
         raise RlError(f"{path} is a file; give the folder that holds config.json and the weights")
+    if name.startswith(("/", ".", "~")) or name.count("/") > 1:
+        raise RlError(f"no such model folder: {path}")
     lookup = find_hf_snapshot(name)
     if lookup.snapshot is not None:
         return lookup.snapshot
