@@ -293,8 +293,8 @@ def drop_mapped_pages(tensor: torch.Tensor) -> None:
 
     The pages of a file mapping count towards the process's resident memory while they stay mapped, so streaming
     through a memory-mapped checkpoint would otherwise hold all of it. The file is only read, so the kernel can
-    drop the pages; a later read of them (or of a neighbour sharing a page) faults them in again from the file,
-    most likely from the page cache. Elsewhere this does nothing.
+    drop the pages; a later read faults them in again from the file, most likely from the page cache. Only pages
+    wholly inside the tensor are dropped. Elsewhere than Linux this does nothing.
     """
     if not sys.platform.startswith("linux") or tensor.numel() == 0:
         return
@@ -302,9 +302,11 @@ def drop_mapped_pages(tensor: torch.Tensor) -> None:
     if libc is None:
         return
     page = mmap.PAGESIZE
-    start = tensor.data_ptr() // page * page
-    end = tensor.data_ptr() + tensor.numel() * tensor.element_size()
-    libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), _MADV_DONTNEED)
+    # Whole pages inside the tensor only: a page shared with a neighbour is left alone, whatever that neighbour is.
+    start = -(-tensor.data_ptr() // page) * page
+    end = (tensor.data_ptr() + tensor.numel() * tensor.element_size()) // page * page
+    if end > start:
+        libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), _MADV_DONTNEED)
 
 
 _MADV_DONTNEED = 4
