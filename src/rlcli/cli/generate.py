@@ -15,10 +15,11 @@ if TYPE_CHECKING:
 HELP = """Generate text with a GPT-2 model: KV cache, temperature, top-k/top-p, seeds, streaming.
 
 The prompt is PROMPT, or stdin when PROMPT is '-' or absent and stdin is piped. Only the continuation is printed
-(--echo prepends the prompt); on a terminal a single sample streams token by token. --model takes a folder in the Hugging Face
-layout (config.json, model.safetensors or pytorch_model.bin, tokenizer.json or vocab.json + merges.txt), a Hub
-name (gpt2, openai-community/gpt2, distilgpt2) found in the local Hugging Face cache, or 'shakespeare', the small
-model bundled with rl. Without --model: gpt2 when it is cached, else shakespeare. rl never downloads.
+(--echo prepends the prompt); on a terminal a single sample streams token by token. --model takes a folder in
+the Hugging Face layout (config.json, model.safetensors or pytorch_model.bin, tokenizer.json or vocab.json and
+merges.txt), a Hub name (gpt2, openai-community/gpt2, distilgpt2) found in the local Hugging Face cache, or
+'shakespeare', the small model bundled with rl. Without --model: gpt2 when it is cached, else shakespeare. rl
+never downloads.
 
 Sampling defaults are Hugging Face's: temperature 1, top-k 50, top-p 1 (off); --temperature 0 is greedy.
 
