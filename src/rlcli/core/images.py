@@ -105,21 +105,6 @@ class Preprocess:
         return cls(resize=round(crop / 0.875), crop=crop)
 
 
-def batches(paths: Iterable[Path], preprocess: Preprocess, batch_size: int) -> Iterator[torch.Tensor]:
-    """Decoded, preprocessed images in batches (used where throughput does not matter, e.g. BN statistics)."""
-    batch: list[torch.Tensor] = []
-    for path in paths:
-        try:
-            batch.append(preprocess(open_rgb(path)))
-        except (OSError, ValueError, SyntaxError) as exc:
-            raise RlError(f"{path}: cannot read image ({exc})") from exc
-        if len(batch) == batch_size:
-            yield torch.stack(batch)
-            batch = []
-    if batch:
-        yield torch.stack(batch)
-
-
 # --- inputs and batches --------------------------------------------------------------------------------------
 
 
@@ -228,3 +213,14 @@ def image_batches(
         # More workers than cores is the user's explicit choice (--workers); torch's advice would only add noise.
         warnings.filterwarnings("ignore", message=".*worker processes in total.*")
         yield from loader
+
+
+def batches(paths: Iterable[Path], preprocess: Preprocess, batch_size: int, workers: int = 0) -> Iterator[torch.Tensor]:
+    """Pixel batches from the same pipeline, for jobs where every image must count (BatchNorm statistics): full
+    decodes, and an unreadable image is an error rather than a skipped row."""
+    for batch in image_batches(list(paths), preprocess, batch_size=batch_size, workers=workers, draft=False):
+        if batch.problems:
+            _, problem = batch.problems[0]
+            raise RlError(f"{problem.path}: {problem.reason}")
+        if batch.pixels is not None:
+            yield batch.pixels

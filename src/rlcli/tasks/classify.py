@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from rlcli.core.checkpoints import CheckpointInfo, load_checkpoint, load_into
-from rlcli.core.devices import DTYPES, resolve_device
+from rlcli.core.devices import resolve_device, resolve_dtype
 from rlcli.core.images import ImageBatch, InputProblem, Preprocess, image_batches
 from rlcli.core.meta import build_on_meta
 from rlcli.errors import CheckpointError, RlError, UsageError
@@ -76,8 +76,7 @@ def load_classifier(
     """
     from rlcli.models.registry import get_spec
 
-    if dtype not in DTYPES:
-        raise UsageError(f"unknown dtype '{dtype}': choose {', '.join(DTYPES)}")
+    torch_dtype = resolve_dtype(dtype)
     if weights is None:
         if model is None:
             raise UsageError("give --model NAME, --weights FILE, or both")
@@ -102,7 +101,7 @@ def load_classifier(
     if outputs is not None and len(names) != outputs:
         raise CheckpointError(f"{len(names)} class names for a model with {outputs} outputs ({arch})")
     channels_last = spec.family in CONV_FAMILIES
-    net = net.to(device=target, dtype=DTYPES[dtype]).eval()
+    net = net.to(device=target, dtype=torch_dtype).eval()
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
     return LoadedClassifier(
@@ -112,7 +111,7 @@ def load_classifier(
         class_names=names,
         weights=source,
         device=target,
-        dtype=DTYPES[dtype],
+        dtype=torch_dtype,
         channels_last=channels_last,
         info=info,
     )

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from rlcli.core.checkpoints import load_checkpoint, load_into
-from rlcli.core.devices import DTYPES, resolve_device
+from rlcli.core.devices import resolve_device, resolve_dtype
 from rlcli.core.hub import find_hf_snapshot
 from rlcli.core.meta import build_on_meta
 from rlcli.core.text import END_OF_TEXT, load_tokenizer
@@ -100,8 +100,7 @@ def load_language_model(name: str, *, dtype: str = "float32", device: str = "aut
         >>> lm = load_language_model("gpt2")          # from ~/.cache/huggingface/hub
         >>> lm = load_language_model("./my-gpt2", dtype="bfloat16")
     """
-    if dtype not in DTYPES:
-        raise UsageError(f"unknown dtype '{dtype}': choose {', '.join(DTYPES)}")
+    torch_dtype = resolve_dtype(dtype)
     started = time.perf_counter()
     target = resolve_device(device)
     folder = resolve_model_folder(name)
@@ -112,7 +111,7 @@ def load_language_model(name: str, *, dtype: str = "float32", device: str = "aut
             f"{folder}: the tokenizer has {tokenizer.get_vocab_size()} tokens but the model's vocabulary has "
             f"{config.vocab_size}: they do not belong together"
         )
-    model = load_gpt2_weights(folder, config, DTYPES[dtype]).to(device=target).eval()
+    model = load_gpt2_weights(folder, config, torch_dtype).to(device=target).eval()
     eos = tokenizer.token_to_id(END_OF_TEXT)
     return LanguageModel(
         name=name,
@@ -120,7 +119,7 @@ def load_language_model(name: str, *, dtype: str = "float32", device: str = "aut
         model=model,
         tokenizer=tokenizer,
         eos_id=eos,
-        dtype=DTYPES[dtype],
+        dtype=torch_dtype,
         device=target,
         load_seconds=time.perf_counter() - started,
     )

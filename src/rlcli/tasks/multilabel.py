@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from rlcli.core.checkpoints import load_checkpoint, load_into
-from rlcli.core.devices import DTYPES, resolve_device
+from rlcli.core.devices import resolve_device, resolve_dtype
 from rlcli.core.images import ImageBatch, InputProblem, Preprocess
 from rlcli.core.meta import build_on_meta
 from rlcli.errors import CheckpointError, RlError, UsageError
@@ -126,8 +126,8 @@ def load_csra(
     chosen_lam, lam_source = _choose_lambda(lam, info, path, dataset)
     net = build_on_meta(lambda: spec.build(num_classes=num_classes, num_heads=heads, lam=chosen_lam))
     load_into(net, state, source=str(path), assign=True)
-    target = resolve_device(device)
-    net = net.to(device=target, dtype=DTYPES[dtype]).eval().to(memory_format=torch.channels_last)
+    target, torch_dtype = resolve_device(device), resolve_dtype(dtype)
+    net = net.to(device=target, dtype=torch_dtype).eval().to(memory_format=torch.channels_last)
     if preprocess is None:
         preprocess = Preprocess.for_model(spec)
         if info and info.extra.get("preprocess"):
@@ -139,7 +139,7 @@ def load_csra(
         class_names=names,
         weights=str(path),
         device=target,
-        dtype=DTYPES[dtype],
+        dtype=torch_dtype,
         channels_last=True,
         info=info,
     )

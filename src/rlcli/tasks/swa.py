@@ -10,6 +10,7 @@ recomputed in one pass, as ``torch.optim.swa_utils.update_bn`` does.
 from __future__ import annotations
 
 import glob
+import os
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -297,7 +298,8 @@ def _recompute_batchnorm(
 
     def loader():
         done = 0
-        for batch in batches(images, preprocess, batch_size):
+        workers = min(4, os.cpu_count() or 1)  # decoding overlaps the BN forward passes, as in rl classify
+        for batch in batches(images, preprocess, batch_size, workers=workers):
             yield batch
             done += len(batch)
             report("batchnorm", done, len(images))
