@@ -41,23 +41,69 @@ def test_top_k_keeps_exactly_the_k_best():
     assert kept.repeat(200, 1).gather(1, draws[:, None]).all()
 
 
-@pytest.mark.parametrize(
-    "options",
-    [
-        SamplingOptions(top_k=5, temperature=0.7),
-        SamplingOptions(top_k=8, top_p=0.6),
-        SamplingOptions(top_k=0, top_p=0.8, temperature=1.3),
-        SamplingOptions(top_k=4, repetition_penalty=1.5),
-    ],
-)
-def test_draws_follow_the_stated_distribution(options):
+def hf_processed_scores(logits, options, seen):
+    """The scores Hugging Face ``generate(do_sample=True)`` samples from, built from its own logits processors."""
+    from transformers.generation.logits_process import (
+        LogitsProcessorList,
+        RepetitionPenaltyLogitsProcessor,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    # HF's order (GenerationMixin._get_logits_processor): penalties first, then temperature, top-k, top-p.
+    processors = LogitsProcessorList()
+    if options.repetition_penalty != 1.0:
+        processors.append(RepetitionPenaltyLogitsProcessor(options.repetition_penalty))
+    if options.temperature != 1.0:
+        processors.append(TemperatureLogitsWarper(options.temperature))
+    if options.top_k != 0:
+        processors.append(TopKLogitsWarper(options.top_k))
+    if options.top_p < 1.0:
+        processors.append(TopPLogitsWarper(options.top_p))
+    # The repetition penalty reads the ids generated so far: one row of seen ids per batch row.
+    input_ids = torch.stack([row.nonzero().flatten() for row in seen]) if seen is not None else None
+    return processors(input_ids, logits.clone())
+
+
+HF_CASES = [
+    SamplingOptions(top_k=5, temperature=0.7),
+    SamplingOptions(top_k=8, top_p=0.6),
+    SamplingOptions(top_k=0, top_p=0.8, temperature=1.3),
+    SamplingOptions(top_k=4, repetition_penalty=1.5),
+    SamplingOptions(top_k=0, top_p=0.5, temperature=0.5, repetition_penalty=1.3),
+    SamplingOptions(top_k=30, top_p=0.95, repetition_penalty=0.8),
+]
+
+
+def seen_tokens(logits, count=3):
+    """A repetition history that covers the top token and some negative logits (both branches of the penalty)."""
+    seen = torch.zeros_like(logits, dtype=torch.bool)
+    seen.scatter_(1, logits.argsort(dim=1)[:, -count:], True)
+    seen.scatter_(1, logits.argsort(dim=1)[:, :count], True)
+    return seen
+
+
+@pytest.mark.parametrize("options", HF_CASES)
+def test_scores_equal_hugging_faces_logits_processors(options):
+    logits = torch.randn(4, 60, generator=torch.Generator().manual_seed(11)) * 3
+    seen = seen_tokens(logits)
+    ours = next_token_scores(logits, options, seen)
+    theirs = hf_processed_scores(logits, options, seen)
+    assert torch.equal(torch.isfinite(ours), torch.isfinite(theirs))
+    kept = torch.isfinite(theirs)
+    assert (ours[kept] - theirs[kept]).abs().max().item() < 1e-6
+
+
+@pytest.mark.parametrize("options", HF_CASES)
+def test_draws_follow_hugging_faces_distribution(options):
     logits = torch.randn(1, 30, generator=torch.Generator().manual_seed(3)) * 2
-    seen = torch.zeros(1, 30, dtype=torch.bool)
-    seen[0, logits.argmax()] = True
-    expected = next_token_scores(logits, options, seen).softmax(-1)[0]
+    seen = seen_tokens(logits, count=2)
+    expected = hf_processed_scores(logits, options, seen).softmax(-1)[0]
     draws = sample_tokens(logits.repeat(20000, 1), options, seen.repeat(20000, 1), torch.Generator().manual_seed(4))
     observed = torch.bincount(draws, minlength=30).float() / 20000
     assert (observed[expected == 0] == 0).all()
+    # 20,000 draws: the standard error of a frequency is at most 0.0035, so 0.015 is over four of them.
     assert (observed - expected).abs().max().item() < 0.015
 
 
