@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -14,6 +15,7 @@ TEXT = (
 ) * 20
 
 
+@cache
 def train_tokenizer(vocab_size: int = 300):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -29,8 +31,12 @@ def train_tokenizer(vocab_size: int = 300):
     return tokenizer
 
 
-def make_tiny_gpt2(folder: Path, *, n_positions: int = 64, seed: int = 0) -> Path:
-    """config.json + model.safetensors + tokenizer.json (+ vocab.json/merges.txt) of a 2-layer GPT-2."""
+def make_tiny_gpt2(folder: Path, *, n_positions: int = 64, seed: int = 0, **config_changes) -> Path:
+    """config.json + model.safetensors + tokenizer.json (+ vocab.json/merges.txt) of a 2-layer GPT-2.
+
+    ``config_changes`` are further transformers ``GPT2Config`` fields (``activation_function="relu"``,
+    ``vocab_size=320`` for a vocabulary padded beyond the tokenizer's ...).
+    """
     from transformers import GPT2Config, GPT2LMHeadModel
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -39,7 +45,7 @@ def make_tiny_gpt2(folder: Path, *, n_positions: int = 64, seed: int = 0) -> Pat
     tokenizer.model.save(str(folder))  # vocab.json and merges.txt, the older layout
     torch.manual_seed(seed)
     eos = tokenizer.token_to_id("<|endoftext|>")
-    config = GPT2Config(
+    settings = dict(
         n_layer=2,
         n_head=2,
         n_embd=32,
@@ -48,6 +54,7 @@ def make_tiny_gpt2(folder: Path, *, n_positions: int = 64, seed: int = 0) -> Pat
         bos_token_id=eos,
         eos_token_id=eos,
     )
+    config = GPT2Config(**(settings | config_changes))
     model = GPT2LMHeadModel(config).eval()
     # Random weights are near zero and give near-uniform logits; scale them up so greedy choices are clear-cut.
     with torch.no_grad():

@@ -130,3 +130,90 @@ def test_hub_names_resolve_from_the_local_cache_only(tiny_dir, tmp_path, monkeyp
     message = str(info.value)
     assert "models--distilbert--distilgpt2" in message and "hf download distilgpt2" in message
     assert "never downloads" in message
+
+
+# --- Hugging Face config fields that change the forward pass ---------------------------------------------------
+
+VARIANTS = {
+    "gelu (erf)": dict(activation_function="gelu"),
+    "gelu_python": dict(activation_function="gelu_python"),
+    "gelu_pytorch_tanh": dict(activation_function="gelu_pytorch_tanh"),
+    "gelu_fast": dict(activation_function="gelu_fast"),
+    "gelu_accurate": dict(activation_function="gelu_accurate"),
+    "quick_gelu": dict(activation_function="quick_gelu"),
+    "gelu_10": dict(activation_function="gelu_10"),
+    "relu": dict(activation_function="relu"),
+    "relu2": dict(activation_function="relu2"),
+    "relu6": dict(activation_function="relu6"),
+    "leaky_relu": dict(activation_function="leaky_relu"),
+    "silu": dict(activation_function="silu"),
+    "swish": dict(activation_function="swish"),
+    "mish": dict(activation_function="mish"),
+    "tanh": dict(activation_function="tanh"),
+    "sigmoid": dict(activation_function="sigmoid"),
+    "linear": dict(activation_function="linear"),
+    "n_inner": dict(n_inner=48),
+    "no attention scaling": dict(scale_attn_weights=False),
+    "scale by inverse layer index": dict(scale_attn_by_inverse_layer_idx=True),
+    "both scalings off and on": dict(scale_attn_weights=False, scale_attn_by_inverse_layer_idx=True),
+    "reorder and upcast (eager)": dict(reorder_and_upcast_attn=True, attn_implementation="eager"),
+    "layer_norm_epsilon": dict(layer_norm_epsilon=0.5),
+    "untied LM head": dict(tie_word_embeddings=False),
+}
+
+
+def hf_variant(tmp_path, changes):
+    """A tiny transformers GPT-2 with ``changes``, saved to a folder, and the reference model loaded from it."""
+    from transformers import GPT2LMHeadModel
+
+    changes = dict(changes)
+    attention = changes.pop("attn_implementation", "sdpa")
+    folder = make_tiny_gpt2(tmp_path / "variant", **changes)
+    return folder, GPT2LMHeadModel.from_pretrained(str(folder), attn_implementation=attention).eval()
+
+
+@pytest.mark.parametrize("changes", VARIANTS.values(), ids=VARIANTS.keys())
+def test_config_variants_match_the_reference(tmp_path, changes):
+    from rlcli.models.gpt2 import KVCache
+
+    folder, reference = hf_variant(tmp_path, changes)
+    lm = load_language_model(str(folder), device="cpu")
+    ids = torch.randint(0, lm.config.vocab_size, (2, 24), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        theirs = reference(ids).logits
+        full = lm.model(ids)
+        cache = KVCache(lm.config, 2, lm.config.n_positions, torch.float32, torch.device("cpu"))
+        steps = [lm.model(ids[:, :16], cache)] + [lm.model(ids[:, t : t + 1], cache) for t in range(16, 24)]
+        cached = torch.cat(steps, dim=1)
+    assert (full - theirs).abs().max().item() < 1e-4
+    assert (cached - theirs).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (dict(add_cross_attention=True), "add_cross_attention"),
+        (dict(activation_function="prelu"), "activation_function 'prelu'"),
+        (dict(activation_function="xielu"), "activation_function 'xielu'"),
+        (dict(activation_function="no-such-function"), "activation_function 'no-such-function'"),
+    ],
+)
+def test_config_fields_rl_cannot_run_are_refused_by_name(tmp_path, tiny_dir, changes, message):
+    import shutil
+
+    folder = tmp_path / "refused"
+    shutil.copytree(tiny_dir, folder)
+    edit_config(folder, **changes)
+    with pytest.raises(CheckpointError, match=message) as info:
+        load_language_model(str(folder), device="cpu")
+    assert "\n" not in str(info.value)
+
+
+def test_heads_that_do_not_divide_the_width_are_refused(tmp_path, tiny_dir):
+    import shutil
+
+    folder = tmp_path / "heads"
+    shutil.copytree(tiny_dir, folder)
+    edit_config(folder, n_head=3)
+    with pytest.raises(CheckpointError, match=r"n_embd 32 .*n_head 3"):
+        load_language_model(str(folder), device="cpu")

@@ -6,12 +6,17 @@ embedding. Module names follow the released checkpoints (``transformer.h.0.attn.
 one to one; the released files store ``c_attn``/``c_proj``/``c_fc`` as Conv1D, i.e. transposed relative to
 ``nn.Linear``, which ``from_hf_state_dict`` undoes.
 
+Beyond the paper, the Hugging Face ``GPT2Config`` fields that change the maths are honoured (MLP width and
+activation, attention scaling, float32 attention, an untied LM head) or refused by name (cross-attention).
+
 Generation uses a pre-allocated key/value cache: after the prompt, each step runs only the newest token.
 """
 
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +25,41 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from rlcli.errors import CheckpointError
 from rlcli.models.registry import register_model
+
+
+def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    return F.gelu(x, approximate="tanh")
+
+
+# The MLP activations of transformers' ACT2FN that have no parameters, by the names config.json uses. The tanh
+# approximations (gelu_new, gelu_fast, gelu_accurate ...) are one formula written differently: they differ in
+# rounding only. transformers' prelu and xielu carry learned parameters and are refused.
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "gelu_new": _gelu_tanh,
+    "gelu_pytorch_tanh": _gelu_tanh,
+    "gelu_python_tanh": _gelu_tanh,
+    "gelu_fast": _gelu_tanh,
+    "gelu_accurate": _gelu_tanh,
+    "gelu": F.gelu,
+    "gelu_python": F.gelu,
+    "gelu_10": lambda x: F.gelu(x).clamp(-10, 10),
+    "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),
+    "relu": F.relu,
+    "relu2": lambda x: F.relu(x).square(),
+    "relu6": F.relu6,
+    "leaky_relu": F.leaky_relu,  # nn.LeakyReLU's default slope, 0.01, as transformers builds it
+    "silu": F.silu,
+    "swish": F.silu,
+    "mish": F.mish,
+    "hardswish": F.hardswish,
+    "tanh": torch.tanh,
+    "sigmoid": torch.sigmoid,
+    "linear": lambda x: x,
+    "laplace": lambda x: 0.5 * (1.0 + torch.erf((x - 0.707107) / (0.282095 * math.sqrt(2.0)))),
+    "sqrtsoftplus": lambda x: F.softplus(x).sqrt(),
+}
 
 
 @dataclass(frozen=True)
@@ -31,21 +70,57 @@ class GPT2Config:
     n_layer: int = 12
     n_head: int = 12
     layer_norm_epsilon: float = 1e-5
+    n_inner: int | None = None  # MLP width; None = 4 * n_embd, the paper's
+    activation_function: str = "gelu_new"  # the MLP's, a name in ACTIVATIONS; GPT-2's is tanh-approximated GELU
+    scale_attn_weights: bool = True  # divide attention scores by sqrt(head width), as "Attention is all you need"
+    scale_attn_by_inverse_layer_idx: bool = False  # and by the 1-based layer number (Mistral's stability trick)
+    reorder_and_upcast_attn: bool = False  # attention in float32 when the weights are float16/bfloat16
+    tie_word_embeddings: bool = True  # the LM head is the token embedding, as in the released models
 
     @classmethod
     def from_hf(cls, data: dict[str, Any]) -> GPT2Config:
-        """From a Hugging Face ``config.json`` of model_type gpt2 (``n_ctx`` is an older name of n_positions)."""
+        """From a Hugging Face ``config.json`` of model_type gpt2 (``n_ctx`` is an older name of n_positions).
+
+        Raises CheckpointError, naming the field, for settings this module cannot compute exactly.
+        """
+        if data.get("add_cross_attention"):
+            raise CheckpointError(
+                "add_cross_attention is true: this GPT-2 is the decoder of an encoder-decoder model, which rl "
+                "does not run"
+            )
+        activation = str(data.get("activation_function", "gelu_new"))
+        if activation not in ACTIVATIONS:
+            raise CheckpointError(f"activation_function '{activation}' is not supported ({', '.join(ACTIVATIONS)})")
+        n_embd, n_head = int(data["n_embd"]), int(data["n_head"])
+        if n_head < 1 or n_embd % n_head:
+            raise CheckpointError(f"n_embd {n_embd} is not divisible by n_head {n_head}")
+        n_inner = data.get("n_inner")
         return cls(
             vocab_size=int(data["vocab_size"]),
             n_positions=int(data.get("n_positions", data.get("n_ctx", 1024))),
-            n_embd=int(data["n_embd"]),
+            n_embd=n_embd,
             n_layer=int(data["n_layer"]),
-            n_head=int(data["n_head"]),
+            n_head=n_head,
             layer_norm_epsilon=float(data.get("layer_norm_epsilon", 1e-5)),
+            n_inner=None if n_inner is None else int(n_inner),
+            activation_function=activation,
+            scale_attn_weights=bool(data.get("scale_attn_weights", True)),
+            scale_attn_by_inverse_layer_idx=bool(data.get("scale_attn_by_inverse_layer_idx", False)),
+            reorder_and_upcast_attn=bool(data.get("reorder_and_upcast_attn", False)),
+            tie_word_embeddings=bool(data.get("tie_word_embeddings", True)),
         )
 
     def to_hf(self) -> dict[str, Any]:
         return {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], **asdict(self)}
+
+    @property
+    def mlp_width(self) -> int:
+        return self.n_inner if self.n_inner is not None else 4 * self.n_embd
+
+    def attention_scale(self, layer: int) -> float:
+        """The factor on q·k of layer ``layer`` (0-based), as transformers' GPT2Attention computes it."""
+        scale = (self.n_embd // self.n_head) ** -0.5 if self.scale_attn_weights else 1.0
+        return scale / (layer + 1) if self.scale_attn_by_inverse_layer_idx else scale
 
 
 SIZES = {
@@ -67,9 +142,11 @@ class KVCache:
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, config: GPT2Config) -> None:
+    def __init__(self, config: GPT2Config, layer: int = 0) -> None:
         super().__init__()
         self.n_head = config.n_head
+        self.scale = config.attention_scale(layer)
+        self.upcast = config.reorder_and_upcast_attn
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # query, key, value in one projection
         self.c_proj = nn.Linear(config.n_embd, config.n_embd)
 
@@ -81,7 +158,7 @@ class CausalSelfAttention(nn.Module):
             if cache is not None:
                 cache.keys[layer][:, :, :steps] = k
                 cache.values[layer][:, :, :steps] = v
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            y = self._attend(q, k, v, is_causal=True)
         else:
             start, end = cache.filled, cache.filled + steps
             cache.keys[layer][:, :, start:end] = k
@@ -89,25 +166,35 @@ class CausalSelfAttention(nn.Module):
             k, v = cache.keys[layer][:, :, :end], cache.values[layer][:, :, :end]
             # New tokens see every cached position and the new ones up to themselves.
             mask = None if steps == 1 else torch.ones(steps, end, dtype=torch.bool, device=x.device).tril(start)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            y = self._attend(q, k, v, attn_mask=mask)
         return self.c_proj(y.transpose(1, 2).reshape(batch, steps, channels))
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **masking: Any) -> torch.Tensor:
+        if self.upcast and q.dtype in (torch.float16, torch.bfloat16):
+            # reorder_and_upcast_attn: transformers computes scores and softmax in float32 in its eager path (its
+            # sdpa path ignores the flag); here the whole attention runs in float32, which is at least as exact.
+            # In float32 the flag changes nothing.
+            y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), scale=self.scale, **masking)
+            return y.to(q.dtype)
+        return F.scaled_dot_product_attention(q, k, v, scale=self.scale, **masking)
 
 
 class MLP(nn.Module):
     def __init__(self, config: GPT2Config) -> None:
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
+        self.c_fc = nn.Linear(config.n_embd, config.mlp_width)
+        self.c_proj = nn.Linear(config.mlp_width, config.n_embd)
+        self.activation = ACTIVATIONS[config.activation_function]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
+        return self.c_proj(self.activation(self.c_fc(x)))
 
 
 class Block(nn.Module):
-    def __init__(self, config: GPT2Config) -> None:
+    def __init__(self, config: GPT2Config, layer: int = 0) -> None:
         super().__init__()
         self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
-        self.attn = CausalSelfAttention(config)
+        self.attn = CausalSelfAttention(config, layer)
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.mlp = MLP(config)
 
@@ -121,7 +208,7 @@ class Transformer(nn.Module):
         super().__init__()
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.wpe = nn.Embedding(config.n_positions, config.n_embd)
-        self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.h = nn.ModuleList(Block(config, layer) for layer in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
 
 
@@ -133,7 +220,8 @@ class GPT2(nn.Module):
         self.config = config
         self.transformer = Transformer(config)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.lm_head.weight = self.transformer.wte.weight  # tied, as in the paper's released models
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.transformer.wte.weight  # tied, as in the paper's released models
         self.apply(self._init_weights)
 
     @staticmethod
@@ -168,12 +256,15 @@ CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight",
 _IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers of the released files
 
 
-def from_hf_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Released/Hugging Face GPT-2 tensors -> this module's names: Conv1D weights transposed, mask buffers and the
+def from_hf_state_dict(state: dict[str, torch.Tensor], tied: bool = True) -> dict[str, torch.Tensor]:
+    """Released/Hugging Face GPT-2 tensors -> this module's names: Conv1D weights transposed, mask buffers and a
     tied LM head dropped, a missing ``transformer.`` prefix (original OpenAI-converted files) added."""
     converted = {}
     for name, tensor in state.items():
-        if name.endswith(_IGNORED_SUFFIXES) or name == "lm_head.weight":
+        if name.endswith(_IGNORED_SUFFIXES) or (tied and name == "lm_head.weight"):
+            continue
+        if name == "lm_head.weight":
+            converted[name] = tensor
             continue
         key = name if name.startswith("transformer.") else f"transformer.{name}"
         converted[key] = tensor.t() if key.endswith(CONV1D_WEIGHTS) else tensor
@@ -185,7 +276,7 @@ def to_hf_state_dict(model: GPT2) -> dict[str, torch.Tensor]:
     return {
         name: (tensor.t().contiguous() if name.endswith(CONV1D_WEIGHTS) else tensor)
         for name, tensor in model.state_dict().items()
-        if name != "lm_head.weight"
+        if name != "lm_head.weight" or not model.config.tie_word_embeddings
     }
 
 

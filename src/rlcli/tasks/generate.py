@@ -132,8 +132,10 @@ def read_gpt2_config(folder: Path) -> GPT2Config:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         if data.get("model_type", "gpt2") != "gpt2":
-            raise CheckpointError(f"{path}: model_type is '{data['model_type']}'; rl generate runs GPT-2 models")
+            raise CheckpointError(f"model_type is '{data['model_type']}'; rl generate runs GPT-2 models")
         return GPT2Config.from_hf(data)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
     except (ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(f"{path}: not a GPT-2 config ({type(exc).__name__}: {exc})") from exc
 
@@ -142,13 +144,14 @@ def load_gpt2_weights(folder: Path, config: GPT2Config, dtype: torch.dtype = tor
     weights = next((folder / f for f in WEIGHT_FILES if (folder / f).is_file()), None)
     if weights is None:
         raise CheckpointError(f"{folder}: no weights (looked for {', '.join(WEIGHT_FILES)})")
-    state = from_hf_state_dict(load_checkpoint(weights, dtype=dtype).state_dict)
-    embedding = state.get("transformer.wte.weight")
-    if embedding is not None and embedding.dim() == 2:
-        # Store the tied embedding as [n_embd, vocab] in memory, seen through a transposed view: the LM head's
-        # one-row matmul then runs on the layout BLAS streams fastest (8 ms instead of 13 ms per token for
+    tied = config.tie_word_embeddings
+    state = from_hf_state_dict(load_checkpoint(weights, dtype=dtype).state_dict, tied=tied)
+    head = "transformer.wte.weight" if tied else "lm_head.weight"
+    if head in state and state[head].dim() == 2:
+        # Store the LM head (the tied embedding) as [n_embd, vocab] in memory, seen through a transposed view: the
+        # head's one-row matmul then runs on the layout BLAS streams fastest (8 ms instead of 13 ms per token for
         # GPT-2 small in float32 on 2 cores, benchmarks/generate.py), and embedding lookups do not care.
-        state["transformer.wte.weight"] = embedding.t().contiguous().t()
+        state[head] = state[head].t().contiguous().t()
     if dtype == torch.bfloat16:
         # The block weights arrive as views of GPT-2's [in, out] Conv1D storage. That layout suits float32
         # one-row matmuls (17 GB/s vs 14 for [out, in]); oneDNN's bfloat16 kernels prefer [out, in] (16 vs 14).
@@ -156,9 +159,11 @@ def load_gpt2_weights(folder: Path, config: GPT2Config, dtype: torch.dtype = tor
             if name.endswith(CONV1D_WEIGHTS):
                 state[name] = tensor.contiguous()
     model = build_on_meta(lambda: GPT2(config))  # no initialisation work: every tensor comes from the file
-    state["lm_head.weight"] = state.get("transformer.wte.weight", torch.empty(0))
+    if tied:
+        state["lm_head.weight"] = state.get("transformer.wte.weight", torch.empty(0))
     load_into(model, state, source=str(weights), assign=True)
-    model.lm_head.weight = model.transformer.wte.weight  # assign=True made two Parameters; tie them again
+    if tied:
+        model.lm_head.weight = model.transformer.wte.weight  # assign=True made two Parameters; tie them again
     return model
 
 
