@@ -238,6 +238,51 @@ def test_streaming_never_splits_a_character(lm, monkeypatch):
     assert all("\ufffd" not in piece for piece in pieces)
 
 
+class ScriptedModel(torch.nn.Module):
+    """Stands in for the network: its logits make ``planned`` the greedy choice, one token per step."""
+
+    def __init__(self, config, planned):
+        super().__init__()
+        self.config = config
+        self.planned = list(planned)
+        self.step = 0
+
+    def forward(self, ids, cache=None, last_only=False):
+        logits = torch.zeros(ids.shape[0], 1 if last_only else ids.shape[1], self.config.vocab_size)
+        if self.step < len(self.planned):
+            logits[:, -1, self.planned[self.step]] = 10.0
+        self.step += 1
+        return logits
+
+
+def scripted(lm, text):
+    """``lm`` with its model replaced by one whose greedy continuation is exactly ``text``; and the ids of it."""
+    import dataclasses
+
+    ids = lm.tokenizer.encode(text).ids
+    return dataclasses.replace(lm, model=ScriptedModel(lm.config, ids)), ids
+
+
+MULTIBYTE_TEXT = "To be é 日本語 🙂 end"
+
+
+@pytest.mark.parametrize("stop", ["日", "本語", "é 日", "🙂", "語 🙂 e"])
+def test_stop_string_with_a_character_split_across_tokens(lm, stop):
+    fake, ids = scripted(lm, MULTIBYTE_TEXT)
+    cut = MULTIBYTE_TEXT.index(stop)
+    # The test needs the stop string's first character spread over tokens: some prefix decodes to the text
+    # before it plus the replacement character that stands for the incomplete bytes.
+    first_multibyte = next(i for i in range(cut, len(MULTIBYTE_TEXT)) if ord(MULTIBYTE_TEXT[i]) > 127)
+    prefixes = [lm.tokenizer.decode(ids[:k], skip_special_tokens=False) for k in range(len(ids))]
+    assert MULTIBYTE_TEXT[:first_multibyte] + "\ufffd" in prefixes
+    pieces = []
+    options = SamplingOptions(max_new_tokens=len(ids), temperature=0, ignore_eos=True, stop=(stop,))
+    sample = Generator(fake).generate("To", options, lambda i, d: pieces.append(d)).samples[0]
+    assert sample.finish_reason == "stop"
+    assert sample.text == MULTIBYTE_TEXT[:cut]
+    assert "".join(pieces) == MULTIBYTE_TEXT[:cut]  # nothing of the stop string was streamed before it matched
+
+
 @pytest.mark.parametrize(
     "options",
     [

@@ -405,11 +405,11 @@ class Generator:
             if token == self.lm.eos_id and not options.ignore_eos:
                 stream.finish_reason = "eos"
                 continue
-            before = len(stream.text)
+            settled = settled_length(stream.text)
             stream.text = tokenizer.decode(stream.ids, skip_special_tokens=False)
             if options.stop:
-                longest = max(len(s) for s in options.stop)
-                window_start = max(0, before - longest + 1)
+                # A new match ends in the changed part, which starts where the previous text stopped being settled.
+                window_start = max(0, settled - max(len(s) for s in options.stop) + 1)
                 hits = [i for i in (stream.text.find(s, window_start) for s in options.stop) if i >= 0]
                 if hits:
                     stream.text = stream.text[: min(hits)]
@@ -426,13 +426,18 @@ class Generator:
         end = len(text)
         if not final:
             # Hold back an incomplete UTF-8 character and anything that may still become a stop string.
-            while end > stream.emitted and text[end - 1] == "\ufffd":
-                end -= 1
+            end = settled_length(text)
             if options.stop:
-                end = min(end, len(text) - max(len(s) for s in options.stop) + 1)
+                end -= max(len(s) for s in options.stop) - 1
         if end > stream.emitted:
             piece, stream.emitted = text[stream.emitted : end], end
             on_text(index, piece)
+
+
+def settled_length(text: str) -> int:
+    """How much of a decoded text later tokens cannot change: all but a trailing incomplete UTF-8 character, which
+    byte-level BPE decodes as U+FFFD until its last byte arrives."""
+    return len(text.rstrip("\ufffd"))
 
 
 # --- evaluation ----------------------------------------------------------------------------------------------
