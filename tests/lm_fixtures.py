@@ -81,3 +81,26 @@ def edit_config(folder: Path, **changes) -> None:
     data = json.loads(path.read_text())
     data.update(changes)
     path.write_text(json.dumps(data))
+
+
+def make_padded_vocab_gpt2(folder: Path, *, vocab_size: int = 320, seed: int = 0) -> Path:
+    """The tiny GPT-2 with its vocabulary padded past the tokenizer's 300 ids (as GPT-2 padded to 50304 is), and
+    the padded ids made the most likely after any input.
+
+    The final LayerNorm gets a large bias ``b`` and every padded embedding row is ``3 b``: a padded id's logit is
+    then about ``3 |b|^2``, far above the real ids' (tests check this against transformers' logits).
+    """
+    from transformers import GPT2LMHeadModel
+
+    make_tiny_gpt2(folder, seed=seed, vocab_size=vocab_size)
+    model = GPT2LMHeadModel.from_pretrained(str(folder)).eval()
+    real = train_tokenizer().get_vocab_size()
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        bias = torch.randn(model.config.n_embd, generator=generator) * 3
+        model.transformer.ln_f.bias.copy_(bias)
+        padded = vocab_size - real
+        noise = torch.randn(padded, model.config.n_embd, generator=generator) * 0.1
+        model.transformer.wte.weight[real:] = 3 * bias + noise
+    model.save_pretrained(str(folder))
+    return folder

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from lm_fixtures import make_tiny_gpt2
+from lm_fixtures import make_padded_vocab_gpt2, make_tiny_gpt2
 from rlcli.errors import UsageError
 from rlcli.tasks.generate import Generator, SamplingOptions, load_language_model, next_token_scores, sample_tokens
 
@@ -22,6 +22,12 @@ def tiny_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def lm(tiny_dir):
     return load_language_model(str(tiny_dir), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def padded_lm(tmp_path_factory):
+    folder = make_padded_vocab_gpt2(tmp_path_factory.mktemp("padded") / "padded", vocab_size=320)
+    return load_language_model(str(folder), device="cpu")
 
 
 def greedy(lm, prompt="To be", n=30, **kw):
@@ -281,6 +287,36 @@ def test_stop_string_with_a_character_split_across_tokens(lm, stop):
     assert sample.finish_reason == "stop"
     assert sample.text == MULTIBYTE_TEXT[:cut]
     assert "".join(pieces) == MULTIBYTE_TEXT[:cut]  # nothing of the stop string was streamed before it matched
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        SamplingOptions(temperature=0),
+        SamplingOptions(top_k=10),
+        SamplingOptions(top_k=0),
+        SamplingOptions(top_k=0, top_p=0.5),
+        SamplingOptions(top_k=40, top_p=0.9, temperature=0.5),
+        SamplingOptions(temperature=0, repetition_penalty=1.3),
+        SamplingOptions(top_k=5, repetition_penalty=2.0),
+    ],
+)
+def test_ids_beyond_the_tokenizer_are_never_sampled(padded_lm, options):
+    import dataclasses
+
+    from transformers import GPT2LMHeadModel
+
+    assert padded_lm.tokenizer.get_vocab_size() == 300 and padded_lm.config.vocab_size == 320
+    prompt_ids = padded_lm.tokenizer.encode("To be").ids
+    with torch.inference_mode():
+        reference = GPT2LMHeadModel.from_pretrained(str(padded_lm.folder)).eval()
+        logits = reference(torch.tensor([prompt_ids])).logits[0, -1]
+    assert logits.topk(20).indices.min().item() >= 300  # the 20 padded ids are the model's favourites
+    options = dataclasses.replace(options, max_new_tokens=25, num_samples=4, seed=0, ignore_eos=True)
+    result = Generator(padded_lm).generate("To be", options)
+    emitted = [t for sample in result.samples for t in sample.token_ids]
+    assert len(emitted) == 100
+    assert max(emitted) < 300
 
 
 @pytest.mark.parametrize(

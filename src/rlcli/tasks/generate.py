@@ -262,7 +262,8 @@ def _outside_nucleus(ordered: torch.Tensor, top_p: float) -> torch.Tensor:
 class Sample:
     text: str
     token_ids: list[int]
-    logprobs: list[float]  # the model's own log-probability of each token (before any sampling processing)
+    logprobs: list[float]  # the model's own log-probability of each token (before any sampling processing; over
+    # the ids the tokenizer can decode, when the model's vocabulary is padded beyond them)
     finish_reason: str  # "length", "eos", "stop" or "interrupted"
 
 
@@ -369,7 +370,7 @@ class Generator:
             seen = torch.zeros(batch, config.vocab_size, dtype=torch.bool, device=device)
             seen[:, history[0]] = True
         cache = KVCache(config, batch, config.n_positions, lm.dtype, device)
-        logits = lm.model(history, cache, last_only=True)[:, -1].float()
+        logits = self._next_logits(history, cache, last_only=True)
         first_token_at = None
         slid = False
         for _ in range(options.max_new_tokens):
@@ -386,13 +387,26 @@ class Generator:
                 # Learned absolute positions cannot be shifted in the cache: re-encode the newest three quarters.
                 keep = config.n_positions - config.n_positions // 4
                 cache.filled = 0
-                logits = lm.model(history[:, -keep:], cache, last_only=True)[:, -1].float()
+                logits = self._next_logits(history[:, -keep:], cache, last_only=True)
                 if not slid:
                     warnings.append(f"generation passed the context of {config.n_positions} tokens: the window slid")
                     slid = True
             else:
-                logits = lm.model(tokens[:, None], cache)[:, -1].float()
+                logits = self._next_logits(tokens[:, None], cache)
         return first_token_at
+
+    def _next_logits(self, ids: torch.Tensor, cache: KVCache, last_only: bool = False) -> torch.Tensor:
+        """Float32 logits [batch, vocab] of the position after ``ids``, ids the tokenizer cannot decode at -inf.
+
+        A vocabulary padded past the tokenizer's (GPT-2 trained at 50304 for speed) has rows no text maps to;
+        masking them here, before anything reads the logits, keeps them out of every sampling path and out of
+        the reported log-probabilities.
+        """
+        logits = self.lm.model(ids, cache, last_only=last_only)[:, -1].float()
+        decodable = self.lm.tokenizer.get_vocab_size()
+        if decodable < logits.shape[-1]:
+            logits[:, decodable:] = float("-inf")
+        return logits
 
     def _record(self, tokens, logprobs, streams, options, on_text) -> bool:
         """Append one token to each unfinished sample; True when every sample has finished."""
