@@ -328,6 +328,12 @@ def test_ids_beyond_the_tokenizer_are_never_sampled(padded_lm, options):
         SamplingOptions(temperature=-0.1),
         SamplingOptions(max_new_tokens=0),
         SamplingOptions(repetition_penalty=0),
+        SamplingOptions(repetition_penalty=float("nan")),
+        SamplingOptions(repetition_penalty=float("inf")),
+        SamplingOptions(temperature=float("nan")),
+        SamplingOptions(temperature=float("inf")),
+        SamplingOptions(top_p=float("nan")),
+        SamplingOptions(top_p=float("inf")),
         SamplingOptions(num_samples=0),
     ],
 )
@@ -374,12 +380,27 @@ def test_cli_non_utf8_stdin(rl, tiny_dir, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "args", [["--top-k", "-1"], ["--top-p", "0"], ["--top-p", "1.5"], ["--temperature", "-1"], ["--dtype", "int8"]]
+    "args",
+    [
+        ["--top-k", "-1"],
+        ["--top-p", "0"],
+        ["--top-p", "1.5"],
+        ["--top-p", "nan"],
+        ["--temperature", "-1"],
+        ["--temperature", "inf"],
+        ["--temperature", "nan"],
+        ["--repetition-penalty", "nan"],
+        ["--repetition-penalty", "inf"],
+        ["--repetition-penalty", "-inf"],
+        ["--dtype", "int8"],
+    ],
 )
 def test_cli_bad_sampling_values_are_usage_errors(rl, tiny_dir, args):
     result = rl("generate", "-m", str(tiny_dir), *args, "hi")
     assert result.code == 2
-    assert result.stderr.startswith("error: ")
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
+    if args[0] != "--dtype":
+        assert args[0] in result.stderr
 
 
 def test_cli_missing_model_says_how_to_get_it(rl, tmp_path, monkeypatch):

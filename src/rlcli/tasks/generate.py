@@ -8,6 +8,7 @@ repetition penalty, temperature, top-k, top-p, then a draw from the renormalised
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -185,14 +186,14 @@ class SamplingOptions:
     def validate(self) -> None:
         if self.max_new_tokens < 1:
             raise UsageError("--max-new-tokens must be at least 1")
-        if self.temperature < 0 or self.temperature != self.temperature:
-            raise UsageError(f"--temperature must be >= 0 (0 = greedy), not {self.temperature}")
+        if not math.isfinite(self.temperature) or self.temperature < 0:  # isfinite rules out nan too
+            raise UsageError(f"--temperature must be a finite number >= 0 (0 = greedy), not {self.temperature}")
         if self.top_k < 0:
             raise UsageError(f"--top-k must be >= 0 (0 = off), not {self.top_k}")
         if not 0 < self.top_p <= 1:
             raise UsageError(f"--top-p must be in (0, 1], not {self.top_p}")
-        if self.repetition_penalty <= 0:
-            raise UsageError(f"--repetition-penalty must be > 0, not {self.repetition_penalty}")
+        if not math.isfinite(self.repetition_penalty) or self.repetition_penalty <= 0:
+            raise UsageError(f"--repetition-penalty must be a finite number > 0, not {self.repetition_penalty}")
         if self.num_samples < 1:
             raise UsageError("--num-samples must be at least 1")
         if any(not s for s in self.stop):
@@ -481,7 +482,5 @@ def negative_log_likelihood(lm: LanguageModel, text: str) -> tuple[float, int]:
 
 def perplexity(lm: LanguageModel, text: str) -> float:
     """exp(mean next-token NLL) of ``text`` under the model."""
-    import math
-
     total, count = negative_log_likelihood(lm, text)
     return math.exp(total / count)
