@@ -372,6 +372,29 @@ def test_cli_samples_are_separated(rl, tiny_dir):
     assert result.stdout.startswith("--- sample 1 ---\n") and "\n--- sample 2 ---\n" in result.stdout
 
 
+def test_cli_too_many_samples_is_a_usage_error_before_allocating(rl, tiny_dir, monkeypatch):
+    import rlcli.core.resources as resources
+    import rlcli.tasks.generate as task
+
+    def no_cache(*args, **kwargs):
+        raise AssertionError("the KV cache was allocated")
+
+    monkeypatch.setattr(task, "KVCache", no_cache)
+    result = rl("generate", "-m", str(tiny_dir), "--num-samples", "1000000000", "hi")
+    assert result.code == 2
+    assert result.stderr.startswith("error: --num-samples 1000000000") and result.stderr.count("\n") == 1
+    assert "Traceback" not in result.stderr
+    # The cost by hand for the tiny model (2 layers, 64 positions, 32 channels, 300 ids, float32) and 100,000
+    # samples: keys and values 2 * 2 * 100,000 * 64 * 32 * 4 bytes + logits 100,000 * 300 * 4 = 3.16 GiB.
+    monkeypatch.setattr(resources, "available_memory_bytes", lambda: 2**30)
+    result = rl("generate", "-m", str(tiny_dir), "--num-samples", "100000", "hi")
+    assert result.code == 2
+    assert result.stderr == (
+        "error: --num-samples 100000 (the key/value cache and logits) needs at least 3.2 GiB of memory; "
+        "this machine has 1.0 GiB available\n"
+    )
+
+
 def test_cli_non_utf8_stdin(rl, tiny_dir, monkeypatch):
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"caf\xe9")))
     result = rl("generate", "-m", str(tiny_dir), "-")

@@ -22,6 +22,7 @@ from rlcli.core.checkpoints import load_checkpoint, load_into
 from rlcli.core.devices import resolve_device, resolve_dtype
 from rlcli.core.hub import find_hf_snapshot
 from rlcli.core.meta import build_on_meta
+from rlcli.core.resources import check_fits_in_memory
 from rlcli.core.text import END_OF_TEXT, load_tokenizer
 from rlcli.errors import CheckpointError, RlError, UsageError
 from rlcli.models.gpt2 import (
@@ -259,12 +260,28 @@ def _outside_nucleus(ordered: torch.Tensor, top_p: float) -> torch.Tensor:
 # --- generation ----------------------------------------------------------------------------------------------
 
 
+def generation_bytes(config: GPT2Config, batch: int, dtype: torch.dtype) -> int:
+    """What a batch of samples allocates at least: keys and values of every layer for the whole context, and one
+    row of float32 logits per sample."""
+    cache = 2 * config.n_layer * batch * config.n_positions * config.n_embd * dtype.itemsize
+    return cache + batch * config.vocab_size * 4
+
+
+def check_generation_fits(lm: LanguageModel, options: SamplingOptions) -> None:
+    """A usage error, before anything is allocated, when --num-samples asks for more memory than there is."""
+    if lm.device.type != "cpu":
+        return  # the check reads the host's memory; an accelerator's is its own
+    needed = generation_bytes(lm.config, options.num_samples, lm.dtype)
+    check_fits_in_memory(needed, f"--num-samples {options.num_samples} (the key/value cache and logits)")
+
+
 @dataclass
 class Sample:
     text: str
     token_ids: list[int]
-    logprobs: list[float]  # the model's own log-probability of each token (before any sampling processing; over
-    # the ids the tokenizer can decode, when the model's vocabulary is padded beyond them)
+    # The model's own log-probability of each token, before any sampling processing (normalised over the ids the
+    # tokenizer can decode, when the model's vocabulary is padded beyond them).
+    logprobs: list[float]
     finish_reason: str  # "length", "eos", "stop" or "interrupted"
 
 
@@ -325,6 +342,7 @@ class Generator:
                 f"the prompt has {len(prompt_ids)} tokens; the context holds {config.n_positions}: kept its last {room}"
             )
             prompt_ids = prompt_ids[-room:]
+        check_generation_fits(lm, options)
         seed = options.seed if options.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
         streams = [_Stream() for _ in range(options.num_samples)]
         started = time.perf_counter()
