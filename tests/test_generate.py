@@ -434,6 +434,28 @@ def test_cli_missing_model_says_how_to_get_it(rl, tmp_path, monkeypatch):
     assert result.stderr.count("\n") == 1
 
 
+def test_cli_misspelt_model_suggests_the_close_name(rl, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    result = rl("generate", "-m", "shakspeare", "hi")
+    assert result.code == 1
+    assert result.stderr.startswith("error: model 'shakspeare' ") and result.stderr.count("\n") == 1
+    assert result.stderr.rstrip().endswith("did you mean shakespeare?")
+    assert "hf download" not in result.stderr
+    assert "did you mean gpt2-large" in rl("generate", "-m", "gpt2-lrage", "hi").stderr
+
+
+def test_cli_misspelt_model_suggests_a_repository_of_the_local_cache(rl, tiny_dir, tmp_path, monkeypatch):
+    import shutil
+
+    repo = tmp_path / "models--someone--tiny-poet"
+    shutil.copytree(tiny_dir, repo / "snapshots" / "abc123")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    assert rl("generate", "-m", "someone/tiny-poet", "-n", "2", "hi").code == 0
+    result = rl("generate", "-m", "someone/tiny-peot", "hi")
+    assert result.code == 1
+    assert result.stderr.rstrip().endswith("did you mean someone/tiny-poet?")
+
+
 def test_cli_interrupt_exits_130_and_keeps_output(rl, tiny_dir, monkeypatch):
     from rlcli.cli import generate as command
 

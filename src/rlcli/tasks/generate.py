@@ -20,11 +20,12 @@ import torch
 
 from rlcli.core.checkpoints import load_checkpoint, load_into
 from rlcli.core.devices import resolve_device, resolve_dtype
-from rlcli.core.hub import find_hf_snapshot
+from rlcli.core.hub import HUB_ALIASES, find_hf_snapshot, hf_hub_cache
 from rlcli.core.meta import build_on_meta
 from rlcli.core.resources import check_fits_in_memory
 from rlcli.core.text import END_OF_TEXT, load_tokenizer
 from rlcli.errors import CheckpointError, RlError, UsageError
+from rlcli.models.catalog import suggest
 from rlcli.models.gpt2 import (
     CONV1D_WEIGHTS,
     DEMO_FOLDER,
@@ -86,6 +87,13 @@ def resolve_model_folder(name: str) -> Path:
     lookup = find_hf_snapshot(name)
     if lookup.snapshot is not None:
         return lookup.snapshot
+    known = known_model_names()
+    close = [] if name in known else suggest(name, known)
+    if close:
+        alternatives = " or ".join(close)
+        raise RlError(
+            f"model '{name}' is not a folder and not in the local Hugging Face cache; did you mean {alternatives}?"
+        )
     looked = ", ".join(str(p) for p in lookup.looked_in)
     repo = f"openai-community/{name}" if name.startswith("gpt2") else name
     raise RlError(
@@ -93,6 +101,16 @@ def resolve_model_folder(name: str) -> Path:
         f"rl never downloads. Fetch it once with `hf download {repo} config.json model.safetensors "
         f"tokenizer.json`, or pass a folder with --model DIR"
     )
+
+
+def known_model_names() -> list[str]:
+    """Names --model resolves without a folder: the bundled model, GPT-2's Hub names and the local cache's."""
+    cached = []
+    if hf_hub_cache().is_dir():
+        # The cache names a repository org/name as the folder models--org--name.
+        folders = (p.name for p in hf_hub_cache().iterdir() if p.is_dir() and p.name.startswith("models--"))
+        cached = sorted(f.removeprefix("models--").replace("--", "/", 1) for f in folders)
+    return [DEMO_NAME, *HUB_ALIASES, *cached]
 
 
 def load_language_model(name: str, *, dtype: str = "float32", device: str = "auto") -> LanguageModel:
