@@ -36,7 +36,7 @@ import sys, torch, torchvision, torchinfo
 from rlcli.models.registry import get_spec
 spec = get_spec(sys.argv[1])
 model = spec.build().eval()
-stats = torchinfo.summary(model, input_size=(1, *spec.default_input), depth=3, verbose=0)
+stats = torchinfo.summary(model, input_size=(1, *spec.card.default_input), depth=3, verbose=0)
 print(stats.total_mult_adds)
 """
 
@@ -47,7 +47,7 @@ from fvcore.nn import FlopCountAnalysis, flop_count_table
 from rlcli.models.registry import get_spec
 spec = get_spec(sys.argv[1])
 model = spec.build().eval()
-analysis = FlopCountAnalysis(model, torch.zeros(1, *spec.default_input))
+analysis = FlopCountAnalysis(model, torch.zeros(1, *spec.card.default_input))
 analysis.unsupported_ops_warnings(False); analysis.uncalled_modules_warnings(False)
 flop_count_table(analysis, max_depth=3)
 print(analysis.total())

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from rlcli.cli._completion import SHELLS, completion_script
 from rlcli.core.files import atomic_write
-from rlcli.models.build_index import main as write_index
+from rlcli.tasks.index import main as write_index
 
 ROOT = Path(__file__).resolve().parent.parent
 

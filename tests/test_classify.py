@@ -16,6 +16,8 @@ from rlcli.core.checkpoints import CheckpointInfo, save_checkpoint
 from rlcli.core.images import Preprocess, open_rgb, to_rgb
 from tiny_models import ShapeNet
 
+# The checkpoint records this architecture, but a reference to Python code runs only when typed (-m).
+SHAPENET = "tiny_models:ShapeNet"
 PREPROCESS = {"resize": 32, "crop": 32, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "interpolation": "bilinear"}
 
 
@@ -56,7 +58,7 @@ def run_json(rl, *args):
 
 def test_a_trained_checkpoint_classifies_generated_shapes(rl, shapes_checkpoint, test_images):
     folder = test_images[0][0].parent
-    result, lines = run_json(rl, str(folder), "-w", str(shapes_checkpoint), "-k", "2")
+    result, lines = run_json(rl, str(folder), "-m", SHAPENET, "-w", str(shapes_checkpoint), "-k", "2")
     assert result.code == 0, result.stderr
     truth = {str(p): s for p, s in test_images}
     assert [line["path"] for line in lines] == sorted(truth)
@@ -68,12 +70,12 @@ def test_a_trained_checkpoint_classifies_generated_shapes(rl, shapes_checkpoint,
 def test_every_input_kind(rl, shapes_checkpoint, test_images, monkeypatch):
     paths = [str(p) for p, _ in test_images]
     folder = test_images[0][0].parent
-    _, by_file = run_json(rl, paths[0], paths[1], "-w", str(shapes_checkpoint))
+    _, by_file = run_json(rl, paths[0], paths[1], "-m", SHAPENET, "-w", str(shapes_checkpoint))
     assert [line["path"] for line in by_file] == paths[:2]
-    _, by_glob = run_json(rl, str(folder / "square_*.png"), "-w", str(shapes_checkpoint))
+    _, by_glob = run_json(rl, str(folder / "square_*.png"), "-m", SHAPENET, "-w", str(shapes_checkpoint))
     assert [line["path"] for line in by_glob] == sorted(p for p in paths if "square_" in p)
     monkeypatch.setattr(sys, "stdin", io.StringIO("\n".join(paths[3:6]) + "\n"))
-    _, by_stdin = run_json(rl, "-", "-w", str(shapes_checkpoint))
+    _, by_stdin = run_json(rl, "-", "-m", SHAPENET, "-w", str(shapes_checkpoint))
     assert [line["path"] for line in by_stdin] == paths[3:6]
 
 
@@ -133,7 +135,7 @@ def test_every_mode_goes_through_the_command(rl, shapes_checkpoint, tmp_path):
     rng_image.convert("P").save(tmp_path / "palette.png")
     rng_image.convert("RGBA").save(tmp_path / "alpha.png")
     Image.fromarray((torch.rand(48, 48) * 65535).to(torch.int32).numpy().astype("uint16")).save(tmp_path / "deep.png")
-    result, lines = run_json(rl, str(tmp_path), "-w", str(shapes_checkpoint))
+    result, lines = run_json(rl, str(tmp_path), "-m", SHAPENET, "-w", str(shapes_checkpoint))
     assert result.code == 0, result.stderr
     assert len(lines) == 4
 
@@ -148,7 +150,7 @@ def test_bad_files_are_reported_and_the_rest_go_on(rl, shapes_checkpoint, test_i
     truncated.write_bytes(whole.read_bytes()[:600])
     notes, fake, missing = tmp_path / "notes.txt", tmp_path / "fake.png", tmp_path / "missing.png"
     args = [good, str(notes), str(fake), str(truncated), str(missing), good]
-    result, lines = run_json(rl, *args, "-w", str(shapes_checkpoint))
+    result, lines = run_json(rl, *args, "-m", SHAPENET, "-w", str(shapes_checkpoint))
     assert result.code == 1
     assert [line["path"] for line in lines] == [good, good]
     errors = result.stderr.strip().splitlines()
@@ -162,7 +164,9 @@ def test_bad_files_are_reported_and_the_rest_go_on(rl, shapes_checkpoint, test_i
 def test_class_count_mismatch(rl, shapes_checkpoint, test_images, tmp_path):
     names = tmp_path / "names.txt"
     names.write_text("a\nb\n")
-    result = rl("classify", str(test_images[0][0]), "-w", str(shapes_checkpoint), "--classes", str(names))
+    result = rl(
+        "classify", str(test_images[0][0]), "-m", SHAPENET, "-w", str(shapes_checkpoint), "--classes", str(names)
+    )
     assert result.code == 1
     assert result.stderr == "error: 2 class names for a model with 3 outputs (tiny_models:ShapeNet)\n"
 
@@ -192,11 +196,11 @@ def test_cached_torchvision_weights_load_offline(rl, test_images, tmp_path, monk
 
 def test_csv_and_table_outputs(rl, shapes_checkpoint, test_images):
     paths = [str(p) for p, _ in test_images[:2]]
-    result = rl("classify", *paths, "-w", str(shapes_checkpoint), "--csv", "-k", "3", "-j", "0")
+    result = rl("classify", *paths, "-m", SHAPENET, "-w", str(shapes_checkpoint), "--csv", "-k", "3", "-j", "0")
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
     assert len(rows) == 6 and rows[0]["path"] == paths[0] and rows[2]["rank"] == "3"
     assert abs(sum(float(r["probability"]) for r in rows[:3]) - 1) < 1e-4
-    table = rl("classify", *paths, "-w", str(shapes_checkpoint), "-k", "1", "-j", "0")
+    table = rl("classify", *paths, "-m", SHAPENET, "-w", str(shapes_checkpoint), "-k", "1", "-j", "0")
     lines = table.stdout.splitlines()
     assert lines[0].split() == ["Image", "#", "Label", "Probability"]
     assert lines[1].startswith(paths[0]) and lines[2].startswith(paths[1])
@@ -204,7 +208,7 @@ def test_csv_and_table_outputs(rl, shapes_checkpoint, test_images):
 
 def test_workers_keep_input_order(rl, shapes_checkpoint, test_images):
     folder = str(test_images[0][0].parent)
-    result = rl("classify", folder, "-w", str(shapes_checkpoint), "--json", "-j", "2", "-b", "4")
+    result = rl("classify", folder, "-m", SHAPENET, "-w", str(shapes_checkpoint), "--json", "-j", "2", "-b", "4")
     assert result.code == 0, result.stderr
     paths = [json.loads(line)["path"] for line in result.stdout.splitlines()]
     assert paths == sorted(str(p) for p, _ in test_images)

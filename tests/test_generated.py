@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from rlcli.cli._completion import SHELLS, completion_script
-from rlcli.models.build_index import build_index
+from rlcli.tasks.index import build_index
 from rlcli.models.catalog import INDEX_PATH
 
 ROOT = Path(__file__).resolve().parent.parent

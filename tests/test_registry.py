@@ -60,9 +60,9 @@ def test_every_torchvision_classification_model_is_registered():
 
 
 def test_default_input_is_the_default_weights_crop():
-    assert get_spec("inception_v3").default_input == (3, 299, 299)
-    assert get_spec("vit_h_14").default_input == (3, 518, 518)
-    assert get_spec("resnet18").default_input == (3, 224, 224)
+    assert get_spec("inception_v3").card.default_input == (3, 299, 299)
+    assert get_spec("vit_h_14").card.default_input == (3, 518, 518)
+    assert get_spec("resnet18").card.default_input == (3, 224, 224)
 
 
 def test_unknown_model_suggests_close_names():

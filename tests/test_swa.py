@@ -189,7 +189,7 @@ def test_unsafe_pickle_is_refused(tmp_path, checkpoints):
 def test_inputs_from_folders_and_globs(tmp_path, checkpoints):
     assert resolve_inputs([str(tmp_path)]) == sorted(checkpoints)
     assert resolve_inputs([str(tmp_path / "epoch[12].pt")]) == checkpoints[1:3]
-    with pytest.raises(RlError, match="no such checkpoint"):
+    with pytest.raises(RlError, match="missing.pt: no such file or folder"):
         resolve_inputs([str(tmp_path / "missing.pt")])
 
 
@@ -208,9 +208,23 @@ def write_images(folder, count: int, seed: int = 0):
         Image.fromarray(pixels.numpy()).save(folder / f"{index}.png")
 
 
-def test_batchnorm_recompute_matches_update_bn(tmp_path):
-    from rlcli.core.images import Preprocess, batches, find_images
+def reference_batches(folder, batch_size):
+    """ImageNet evaluation preprocessing written with torchvision's transforms, independent of rl's pipeline."""
+    from torchvision import transforms
 
+    transform = transforms.Compose(
+        [
+            transforms.Resize(256),
+            transforms.CenterCrop(224),
+            transforms.ToTensor(),
+            transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+        ]
+    )
+    images = [transform(Image.open(p).convert("RGB")) for p in sorted(folder.iterdir(), key=lambda p: int(p.stem))]
+    return [torch.stack(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
+
+
+def test_batchnorm_recompute_matches_update_bn(tmp_path):
     info = CheckpointInfo(arch="tiny_models:BatchNormNet")
     paths = []
     for seed in range(2):
@@ -218,7 +232,9 @@ def test_batchnorm_recompute_matches_update_bn(tmp_path):
         paths.append(save_checkpoint(tmp_path / f"{seed}.pt", tiny_bn_state(), info).path)
     write_images(tmp_path / "images", 10)
     out = tmp_path / "swa.pt"
-    report = merge_checkpoints(paths, out, bn_data=tmp_path / "images", bn_batch_size=5)
+    report = merge_checkpoints(
+        paths, out, bn_data=tmp_path / "images", bn_batch_size=5, model="tiny_models:BatchNormNet"
+    )
     assert report.bn_recomputed and report.bn_layers == 1 and report.bn_images == 10
     merged = load_checkpoint(out).state_dict
 
@@ -228,13 +244,12 @@ def test_batchnorm_recompute_matches_update_bn(tmp_path):
     merge_checkpoints(paths, plain)
     reference = BatchNormNet()
     reference.load_state_dict(load_checkpoint(plain).state_dict)
-    preprocess = Preprocess.for_crop(224)
-    torch.optim.swa_utils.update_bn(batches(find_images(tmp_path / "images"), preprocess, 5), reference)
+    torch.optim.swa_utils.update_bn(reference_batches(tmp_path / "images", 5), reference)
     for key, value in reference.state_dict().items():
         torch.testing.assert_close(merged[key], value, rtol=1e-5, atol=1e-6)
     # The statistics are those of the data: BN sits first, so its running mean is the inputs' channel mean
     # (update_bn averages batch means equally, which is the plain mean here as both batches hold 5 images).
-    data = torch.cat(list(batches(find_images(tmp_path / "images"), preprocess, 5)))
+    data = torch.cat(reference_batches(tmp_path / "images", 5))
     torch.testing.assert_close(merged["norm.running_mean"], data.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
     assert not torch.equal(merged["norm.running_mean"], load_checkpoint(plain).state_dict["norm.running_mean"])
 

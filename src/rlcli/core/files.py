@@ -11,6 +11,54 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from rlcli.errors import RlError
+
+
+def cannot_write(path: str | os.PathLike[str], reason: str | BaseException) -> RlError:
+    """The one message for an output that cannot be written: ``cannot write OUT: <reason>``."""
+    if isinstance(reason, OSError):
+        reason = reason.strerror or str(reason)
+        reason = reason[:1].lower() + reason[1:]
+    return RlError(f"cannot write {path}: {reason}")
+
+
+def check_output_file(path: str | os.PathLike[str], *, force: bool = False) -> None:
+    """Before any work: ``path`` can be created (its folder exists and takes new files), is not a folder, and
+    exists only if ``force`` allows replacing it. Raises RlError (``cannot write OUT: ...``)."""
+    target = Path(path)
+    if target.is_dir():
+        raise cannot_write(target, "it is a folder")
+    if target.exists() and not force:
+        raise cannot_write(target, "it exists (use --force to replace it)")
+    folder = target.parent if str(target.parent) else Path(".")
+    if not folder.is_dir():
+        raise cannot_write(target, f"no folder {folder}" if not folder.exists() else f"{folder} is not a folder")
+    _probe_folder(folder, target)
+
+
+def ensure_output_folder(folder: str | os.PathLike[str]) -> Path:
+    """Before any work: ``folder`` exists (created with its parents if needed) and takes new files."""
+    target = Path(folder)
+    if target.exists() and not target.is_dir():
+        raise cannot_write(target, "it is a file, not a folder")
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise cannot_write(target, exc) from exc
+    _probe_folder(target, target)
+    return target
+
+
+def _probe_folder(folder: Path, shown: Path) -> None:
+    """Create and remove a file in ``folder``: the only test of writability that holds for root, read-only
+    mounts and ACLs alike (``os.access`` answers for none of them)."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".rl-probe-", dir=folder)
+    except OSError as exc:
+        raise cannot_write(shown, exc) from exc
+    os.close(fd)
+    os.unlink(probe)
+
 
 def _default_mode(target: Path) -> int:
     """Keep an existing file's permissions; new files get the usual 0o666 less the umask (mkstemp uses 0o600)."""

@@ -15,11 +15,12 @@ ResNet without its ``fc``), so the authors' released checkpoints load as they ar
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 from torch import nn
 
+from rlcli.core.images import Preprocess
+from rlcli.models.cards import Paper
 from rlcli.models.registry import register_model
 
 # The official temperature schedules by number of heads (the official code writes T = inf as 99).
@@ -127,20 +128,28 @@ def head_count(state: dict[str, torch.Tensor]) -> int:
     return len([k for k in state if k.startswith("classifier.multi_head.") and k.endswith(".head.weight")])
 
 
-# Evaluation preprocessing of the official checkpoints: a 448 x 448 resize, pixels in [0, 1], no mean/std.
-OFFICIAL_TRANSFORM = {"resize_size": 448, "crop_size": 448, "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
+# Evaluation preprocessing of the official checkpoints: a 448 x 448 resize (aspect ratio not kept), pixels in [0, 1].
+OFFICIAL_PREPROCESS = Preprocess(resize=448, crop=448, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), square=True)
+
+PAPER = Paper(
+    title="Residual Attention: A Simple but Effective Method for Multi-Label Recognition",
+    authors="Ke Zhu, Jianxin Wu",
+    year=2021,
+    url="https://arxiv.org/abs/2108.02456",
+)
 
 
 def _register(depth: int) -> None:
-    def build(input_size: tuple[int, ...], **kwargs: Any) -> ResNetCSRA:
-        return ResNetCSRA(depth=depth, **kwargs)
+    def build(input_size: tuple[int, ...], num_classes: int = 20, num_heads: int = 1, lam: float = 0.1) -> ResNetCSRA:
+        return ResNetCSRA(depth=depth, num_classes=num_classes, num_heads=num_heads, lam=lam)
 
     register_model(
         f"csra_resnet{depth}",
         family="csra",
         task="multi-label",
         default_input=(3, 448, 448),
-        transform={**OFFICIAL_TRANSFORM, "square": True},
+        preprocess=OFFICIAL_PREPROCESS,
+        paper=PAPER,
     )(build)
 
 

@@ -2,13 +2,17 @@
 
 Torchvision models come from torchvision's own ``list_models``/``get_model``, never from a hand-kept list. rlcli's
 architectures register themselves with ``@register_model``. A user's own network is named ``pkg.module:callable``
-or ``path/to/file.py:callable`` (see ``rlcli.models.user``).
+or ``path/to/file.py:callable`` (see ``rlcli.models.user``) — and only when the user typed that reference: a name
+read from a file (a checkpoint's recorded architecture) resolves against the registry alone, so a checkpoint can
+never make rl import or call code.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+import inspect
+import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
@@ -16,7 +20,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from rlcli.errors import ModelNotFoundError
+from rlcli.core.images import Preprocess
+from rlcli.errors import CheckpointError, ModelNotFoundError
+from rlcli.models.cards import ModelCard, Paper
 from rlcli.models.catalog import suggest
 
 # Modules holding rlcli's own architectures; imported on first use of the registry so that they can register.
@@ -24,37 +30,120 @@ _OWN_MODEL_MODULES: tuple[str, ...] = ("rlcli.models.gpt2", "rlcli.models.csra")
 
 Builder = Callable[..., nn.Module]
 
+# Builder arguments that fetch or name weights. A checkpoint's stored arguments never include them: torchvision
+# downloads when it sees weights="DEFAULT", and weights come from the file itself anyway.
+_WEIGHT_ARGUMENTS = frozenset({"weights", "weights_backbone", "pretrained", "pretrained_backbone", "progress"})
+
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Everything needed to build a model and feed it an example input.
+    """A model card and the means to build the model it describes.
 
     ``builder(input_size, **kwargs)`` returns the module; kwargs left as None keep the model's defaults.
+    ``arguments`` is the callable whose keyword parameters the builder forwards (the builder itself when None):
+    its signature says which stored arguments a checkpoint may set.
     """
 
-    name: str
-    family: str
-    source: str  # "torchvision", "rlcli" or "user"
-    task: str  # "image-classification", "multi-label" or "language-model"
-    default_input: tuple[int, ...]  # (C, H, W) for images, (T,) for token sequences
+    card: ModelCard
     builder: Builder = field(repr=False, compare=False)
-    input_kind: str = "image"  # "image" or "tokens"
-    # Evaluation preprocessing of the default weights (torchvision's ImageClassification arguments), if known.
-    transform: dict[str, Any] | None = field(default=None, compare=False)
+    arguments: Callable[..., Any] | None = field(default=None, repr=False, compare=False)
 
     def build(self, input_size: tuple[int, ...] | None = None, **kwargs: Any) -> nn.Module:
         """Build the model for ``input_size`` (default: the model's own); unset (None) options are dropped."""
         options = {key: value for key, value in kwargs.items() if value is not None}
-        return self.builder(input_size or self.default_input, **options)
+        return self.builder(input_size or self.card.default_input, **options)
 
     def example_input(
         self, input_size: tuple[int, ...] | None = None, batch_size: int = 1, device: str = "meta"
     ) -> tuple[torch.Tensor, ...]:
         """A placeholder batch of the right shape and dtype (empty on the meta device)."""
-        size = input_size or self.default_input
-        if self.input_kind == "tokens":
+        size = input_size or self.card.default_input
+        if self.card.input_kind == "tokens":
             return (torch.zeros((batch_size, *size), dtype=torch.long, device=device),)
         return (torch.zeros((batch_size, *size), device=device),)
+
+    def accepted_arguments(self) -> dict[str, Any]:
+        """Keyword arguments a stored checkpoint may pass to the builder, with their defaults."""
+        if self.card.source == "torchvision":
+            return _torchvision_arguments(self.card.name)
+        return _keyword_defaults(self.arguments or self.builder)
+
+    def checked_arguments(self, stored: Mapping[str, Any], source: str) -> dict[str, Any]:
+        """``stored`` builder arguments (read from a file) after checking each against what the builder accepts.
+
+        A name the builder does not take, a weights-related name, or a value of another type than the default's is
+        a CheckpointError: stored data never reaches a builder unchecked.
+        """
+        accepted = self.accepted_arguments()
+        checked = {}
+        for name, value in stored.items():
+            if name in _WEIGHT_ARGUMENTS:
+                raise CheckpointError(
+                    f"{source}: stored argument {name!r} is refused: weights come from the file itself, and rl never "
+                    f"fetches any"
+                )
+            if name not in accepted:
+                known = ", ".join(sorted(accepted)) or "none"
+                raise CheckpointError(f"{source}: {self.card.name} takes no argument {name!r} (it takes: {known})")
+            if not _same_kind(value, accepted[name]):
+                raise CheckpointError(
+                    f"{source}: stored argument {name}={value!r} is not a {_kind_name(accepted[name])} "
+                    f"(the default is {accepted[name]!r})"
+                )
+            checked[name] = value
+        return checked
+
+
+def _keyword_defaults(function: Callable[..., Any]) -> dict[str, Any]:
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):
+        return {}
+    return {
+        p.name: p.default
+        for p in parameters
+        if p.default is not inspect.Parameter.empty
+        and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        and p.name not in _WEIGHT_ARGUMENTS
+        and _is_plain_data(p.default)
+    }
+
+
+def _is_plain_data(value: Any) -> bool:
+    """JSON-representable defaults only: a parameter whose default is a class or a function is no setting."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    return isinstance(value, (list, tuple)) and all(_is_plain_data(v) for v in value)
+
+
+def _same_kind(value: Any, default: Any) -> bool:
+    if isinstance(value, float) and not math.isfinite(value):
+        return False
+    if default is None:
+        return _is_plain_data(value)
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, str):
+        return isinstance(value, str)
+    if isinstance(default, (list, tuple)):
+        return isinstance(value, (list, tuple)) and _is_plain_data(value)
+    return False
+
+
+def _kind_name(default: Any) -> str:
+    if isinstance(default, bool):
+        return "true/false"
+    if isinstance(default, (int, float)):
+        return "number" if isinstance(default, float) else "whole number"
+    if isinstance(default, str):
+        return "string"
+    if isinstance(default, (list, tuple)):
+        return "list"
+    return "plain value"
 
 
 _OWN_MODELS: dict[str, ModelSpec] = {}
@@ -67,23 +156,28 @@ def register_model(
     task: str,
     default_input: tuple[int, ...],
     input_kind: str = "image",
-    transform: dict[str, Any] | None = None,
+    preprocess: Preprocess | None = None,
+    classes: tuple[str, ...] | None = None,
+    paper: Paper | None = None,
+    arguments: Callable[..., Any] | None = None,
 ) -> Callable[[Builder], Builder]:
     """Register one of rlcli's own architectures under ``name`` (timm's ``@register_model`` pattern)."""
 
     def decorator(builder: Builder) -> Builder:
         if name in _OWN_MODELS:
             raise ValueError(f"model '{name}' is registered twice")
-        _OWN_MODELS[name] = ModelSpec(
+        card = ModelCard(
             name=name,
             family=family,
             source="rlcli",
             task=task,
             default_input=default_input,
-            builder=builder,
             input_kind=input_kind,
-            transform=transform,
+            preprocess=preprocess,
+            classes=classes,
+            paper=paper,
         )
+        _OWN_MODELS[name] = ModelSpec(card=card, builder=builder, arguments=arguments)
         return builder
 
     return decorator
@@ -94,15 +188,25 @@ def model_names() -> list[str]:
     return sorted({*_torchvision_specs(), *_own_specs()})
 
 
-def get_spec(name: str) -> ModelSpec:
-    """The spec for a registered name or a user reference (``module:callable``, ``file.py:callable``)."""
-    if ":" in name:
-        from rlcli.models.user import user_model_spec
+def get_spec(name: str, *, user_code: bool = False) -> ModelSpec:
+    """The spec of a registered name, or — with ``user_code`` — of a user reference (``module:callable``,
+    ``file.py:callable``).
 
-        return user_model_spec(name)
+    Pass ``user_code=True`` only for a name the user typed on the command line: importing a reference runs its
+    code. Names read from files are looked up in the registry and nowhere else.
+    """
     specs = {**_torchvision_specs(), **_own_specs()}
     if name in specs:
         return specs[name]
+    if ":" in name and user_code:
+        from rlcli.models.user import user_model_spec
+
+        return user_model_spec(name)
+    if ":" in name:
+        raise ModelNotFoundError(
+            f"'{name}' is not a registered model but a reference to Python code, which rl runs only when you type "
+            f"it yourself: pass --model {name} if you trust it"
+        )
     close = suggest(name, list(specs))
     hint = f"; did you mean {', '.join(close)}?" if close else "; `rl models` lists them"
     raise ModelNotFoundError(f"unknown model '{name}'{hint}")
@@ -122,16 +226,18 @@ def _torchvision_specs() -> dict[str, ModelSpec]:
     specs = {}
     for name in tvm.list_models(module=tvm):
         weights = tvm.get_model_weights(name).DEFAULT
-        crop = int(weights.transforms.keywords.get("crop_size", 224))
-        specs[name] = ModelSpec(
+        preprocess = Preprocess.from_torchvision(weights)
+        categories = weights.meta.get("categories")
+        card = ModelCard(
             name=name,
             family=torchvision_family(name, tvm.get_model_builder(name).__module__),
             source="torchvision",
             task="image-classification",
-            default_input=(3, crop, crop),
-            builder=_torchvision_builder(name, weights),
-            transform=dict(weights.transforms.keywords),
+            default_input=(3, preprocess.crop, preprocess.crop),
+            preprocess=preprocess,
+            classes=tuple(categories) if categories else None,
         )
+        specs[name] = ModelSpec(card=card, builder=_torchvision_builder(name, weights))
     return specs
 
 
@@ -143,6 +249,20 @@ def _torchvision_builder(name: str, weights: Any) -> Builder:
         return tvm.get_model(name, **options)
 
     return build
+
+
+@cache
+def _torchvision_arguments(name: str) -> dict[str, Any]:
+    """Keyword settings of the class a torchvision builder constructs (``num_classes``, ``dropout`` ...).
+
+    torchvision's builders forward ``**kwargs`` to the model's class; the class is found by building the stock
+    model on the meta device (milliseconds, no weights).
+    """
+    from rlcli.core.meta import build_on_meta
+
+    spec = _torchvision_specs()[name]
+    model = build_on_meta(lambda: spec.build())
+    return _keyword_defaults(type(model).__init__)
 
 
 def stock_torchvision_kwargs(name: str, weights: Any, input_size: tuple[int, ...]) -> dict[str, Any]:

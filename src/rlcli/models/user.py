@@ -1,23 +1,34 @@
-"""A user's own network, named ``package.module:callable`` or ``path/to/file.py:callable``."""
+"""A user's own network, named ``package.module:callable`` or ``path/to/file.py:callable``.
+
+Only ever reached for a reference the user typed (see ``registry.get_spec``). The user's code runs as Python runs
+a script: a file's own folder is importable while it loads, so its sibling modules import as they would under
+``python file.py``. Whatever the code raises — ``sys.exit`` included — becomes one ModelRunError naming the
+reference, never a silent exit or a traceback.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from torch import nn
 
 from rlcli.errors import ModelRunError, UsageError
+from rlcli.models.cards import ModelCard
 from rlcli.models.registry import ModelSpec
 
 _DEFAULT_IMAGE_INPUT = (3, 224, 224)
 
+T = TypeVar("T")
+
 
 def user_model_spec(reference: str) -> ModelSpec:
-    """A spec whose builder calls the referenced callable with no arguments.
+    """A spec whose builder calls the referenced callable with no arguments (or a checkpoint's stored ones).
 
     The callable may be a class or a factory; it must return an ``nn.Module``. Images of 3x224x224 are the default
     input; ``--input-size`` sets another.
@@ -32,40 +43,49 @@ def user_model_spec(reference: str) -> ModelSpec:
         raise ModelRunError(f"'{reference}' is not callable")
 
     def build(input_size: tuple[int, ...], **kwargs: Any) -> nn.Module:
-        try:
-            model = factory(**kwargs)
-        except Exception as exc:
-            raise ModelRunError(f"'{reference}' failed: {type(exc).__name__}: {exc}") from exc
+        model = run_user_code(reference, lambda: factory(**kwargs))
         if not isinstance(model, nn.Module):
             raise ModelRunError(f"'{reference}' returned {type(model).__name__}, not a torch.nn.Module")
         return model
 
-    return ModelSpec(
+    card = ModelCard(
         name=reference,
         family="user",
         source="user",
         task="unknown",
         default_input=_DEFAULT_IMAGE_INPUT,
-        builder=build,
+        input_kind="image",
     )
+    return ModelSpec(card=card, builder=build, arguments=factory)
+
+
+def run_user_code(reference: str, call: Callable[[], T], doing: str = "failed") -> T:
+    """``call()``, with anything the user's code raises turned into one ModelRunError that names ``reference``."""
+    try:
+        return call()
+    except ModelRunError:
+        raise
+    except SystemExit as exc:
+        # A script's `sys.exit()` in a model file would otherwise end rl silently, with the script's exit code.
+        raise ModelRunError(f"'{reference}' {doing}: it called sys.exit({exc.code!r})") from exc
+    except Exception as exc:
+        raise ModelRunError(f"'{reference}' {doing}: {type(exc).__name__}: {exc}") from exc
 
 
 def _import_target(target: str, reference: str) -> Any:
     if target.endswith(".py"):
         return _import_file(Path(target), reference)
     try:
-        return importlib.import_module(target)
-    except ImportError as exc:
+        return run_user_code(reference, lambda: importlib.import_module(target), "could not be imported")
+    except ModelRunError as exc:
+        if not isinstance(exc.__cause__, ImportError):
+            raise
         # The model's own folder is where users run `rl summary mynet:Net`; make it importable as Python would.
         if "" not in sys.path and str(Path.cwd()) not in sys.path:
             sys.path.insert(0, str(Path.cwd()))
-            try:
-                return importlib.import_module(target)
-            except ImportError:
-                pass
-        raise ModelRunError(f"cannot import '{target}' for '{reference}': {exc}") from exc
-    except Exception as exc:
-        raise ModelRunError(f"importing '{target}' failed: {type(exc).__name__}: {exc}") from exc
+            with contextlib.suppress(ModelRunError):
+                return run_user_code(reference, lambda: importlib.import_module(target), "could not be imported")
+        raise ModelRunError(f"cannot import '{target}' for '{reference}': {exc.__cause__}") from exc
 
 
 def _import_file(path: Path, reference: str) -> Any:
@@ -77,9 +97,14 @@ def _import_file(path: Path, reference: str) -> Any:
         raise ModelRunError(f"cannot import '{path}'")
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
+    # As `python file.py` does: the file's folder comes first on the path, so its sibling modules import, also
+    # when the factory imports them lazily later.
+    folder = str(path.resolve().parent)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
     try:
-        spec.loader.exec_module(module)
-    except Exception as exc:
+        run_user_code(reference, lambda: spec.loader.exec_module(module), "could not be imported")
+    except ModelRunError:
         del sys.modules[module_name]
-        raise ModelRunError(f"importing '{path}' failed: {type(exc).__name__}: {exc}") from exc
+        raise
     return module

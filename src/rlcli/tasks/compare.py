@@ -197,6 +197,7 @@ def _entry_from_summary(summary, *, name: str, family: str, knob: str, stock: st
 
 def scaled_entries(families: list[str], budget: int, input_size: tuple[int, ...], groups: int) -> list[tuple]:
     """(Entry, builder) for each family scaled to ``budget``."""
+    from rlcli.models.cards import ModelCard
     from rlcli.models.registry import ModelSpec
     from rlcli.tasks.summary import summarize_spec
 
@@ -204,17 +205,13 @@ def scaled_entries(families: list[str], budget: int, input_size: tuple[int, ...]
     for family in families:
         config, size, _ = scale_family(family, budget, input_size, groups)
         stock = config.stock_name() if size == input_size and input_size[-1] == 224 else None
-        spec = ModelSpec(
-            name=_scaled_name(config),
-            family=family,
-            source="rlcli",
-            task="image-classification",
-            default_input=size,
-            builder=lambda input_size, c=config, **kw: c.build(**kw),
+        card = ModelCard(
+            name=_scaled_name(config), family=family, source="rlcli", task="image-classification", default_input=size
         )
+        spec = ModelSpec(card=card, builder=lambda input_size, c=config, **kw: c.build(**kw))
         summary = summarize_spec(spec, size, depth=0)
         knob = config.describe() + ("" if size == input_size else f", input {size[-1]} px")
-        rows.append((_entry_from_summary(summary, name=spec.name, family=family, knob=knob, stock=stock), spec))
+        rows.append((_entry_from_summary(summary, name=spec.card.name, family=family, knob=knob, stock=stock), spec))
     return rows
 
 
@@ -237,12 +234,12 @@ def named_entries(names: list[str], input_size: str | None) -> list[tuple]:
 
     rows = []
     for name in names:
-        spec = get_spec(name)
-        if spec.input_kind != "image":
+        spec = get_spec(name, user_code=True)  # typed on the command line
+        if spec.card.input_kind != "image":
             raise UsageError(f"{name} is not an image model; rl compare times image models")
         summary = summarize(name, input_size=input_size, depth=0)
-        stock = name if spec.source == "torchvision" and input_size is None else None
-        entry = _entry_from_summary(summary, name=name, family=spec.family, knob="stock", stock=stock)
+        stock = name if spec.card.source == "torchvision" and input_size is None else None
+        entry = _entry_from_summary(summary, name=name, family=spec.card.family, knob="stock", stock=stock)
         rows.append((entry, spec))
     return rows
 
@@ -254,13 +251,11 @@ def time_model(spec, entry: Entry, timing: Timing, progress: Callable[[str, int,
     """Latency at batch 1 (median, 10th and 90th percentiles) and throughput at ``timing.batch_size``."""
     import torch
 
-    from rlcli.tasks.classify import CONV_FAMILIES
-
     device = torch.device(timing.device)
     size = tuple(entry.input_size)
     torch.manual_seed(0)
     net = spec.build(size).eval().to(device)
-    channels_last = entry.family in CONV_FAMILIES or entry.family in FAMILIES
+    channels_last = spec.card.channels_last or entry.family in FAMILIES
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     if channels_last:
         net = net.to(memory_format=memory_format)

@@ -19,13 +19,14 @@ from typing import Any
 
 import torch
 
-from rlcli.core.checkpoints import load_checkpoint, load_into
+from rlcli.core.checkpoints import load_checkpoint
 from rlcli.core.devices import resolve_device, resolve_dtype
-from rlcli.core.images import ImageBatch, InputProblem, Preprocess
-from rlcli.core.meta import build_on_meta
+from rlcli.core.images import ImageBatch
+from rlcli.core.inference import InferenceModel, RunOptions, forward_batches
+from rlcli.core.inputs import Input, Problem
 from rlcli.errors import CheckpointError, RlError, UsageError
 from rlcli.models.csra import OFFICIAL_LAMBDA, TEMPERATURES, head_count, infer_resnet_depth
-from rlcli.tasks.classify import LoadedClassifier, RunOptions, forward_batches
+from rlcli.tasks.classify import Classifier
 
 # --- class lists ---------------------------------------------------------------------------------------------
 
@@ -91,20 +92,19 @@ def load_csra(
     classes: str | None = None,
     device: str = "auto",
     dtype: str = "float32",
-    preprocess: Preprocess | None = None,
-) -> tuple[LoadedClassifier, CSRASettings]:
-    """A CSRA model from an official or rlcli checkpoint, ready for `forward_batches`.
+) -> tuple[Classifier, CSRASettings]:
+    """A CSRA model from an official or rlcli checkpoint, ready for the shared runner.
 
     Example:
         >>> clf, settings = load_csra("resnet101_voc07_head1_lam0.1_94.7.pth")
         >>> settings.num_heads, settings.lam
         (1, 0.1)
     """
-    from rlcli.models.registry import get_spec
+    from rlcli.models.loading import architecture_of, build_with_weights, preprocess_for
 
     path = Path(weights).expanduser()
     checkpoint = load_checkpoint(path)
-    state, info = checkpoint.state_dict, checkpoint.info
+    state, info, source = checkpoint.state_dict, checkpoint.info, str(path)
     heads = head_count(state)
     if heads == 0:
         found = ", ".join(sorted({k.split(".")[0] for k in state})[:8])
@@ -113,47 +113,43 @@ def load_csra(
         )
     if heads not in TEMPERATURES:
         raise CheckpointError(f"{path}: {heads} heads; CSRA defines 1, 2, 4, 6 or 8")
-    head = state["classifier.multi_head.0.head.weight"]
-    num_classes = int(head.shape[0])
-    depth = infer_resnet_depth(state)
-    arch = model or (info.arch if info and info.arch else None) or (f"csra_resnet{depth}" if depth else None)
-    if arch is None:
-        raise CheckpointError(f"{path}: the backbone is not a torchvision ResNet I recognise: give --model")
-    spec = get_spec(arch)
-    if spec.family != "csra":
-        raise UsageError(f"{arch} is not a CSRA model (rl models csra lists them)")
+    num_classes = int(state["classifier.multi_head.0.head.weight"].shape[0])
+
+    def by_depth() -> str | None:
+        depth = infer_resnet_depth(state)
+        if depth is None:
+            raise CheckpointError(f"{path}: the backbone is not a torchvision ResNet I recognise: give --model")
+        return f"csra_resnet{depth}"
+
+    spec = architecture_of(model, info, source, guess=by_depth)
+    if spec.card.family != "csra":
+        raise UsageError(f"{spec.card.name} is not a CSRA model (rl models csra lists them)")
     names, dataset = resolve_classes(classes, num_classes, info.class_names if info else None)
     chosen_lam, lam_source = _choose_lambda(lam, info, path, dataset)
-    net = build_on_meta(lambda: spec.build(num_classes=num_classes, num_heads=heads, lam=chosen_lam))
-    load_into(net, state, source=str(path), assign=True)
-    target, torch_dtype = resolve_device(device), resolve_dtype(dtype)
-    net = net.to(device=target, dtype=torch_dtype).eval().to(memory_format=torch.channels_last)
-    if preprocess is None:
-        preprocess = Preprocess.for_model(spec)
-        if info and info.extra.get("preprocess"):
-            preprocess = Preprocess(**info.extra["preprocess"])
-    clf = LoadedClassifier(
-        arch=arch,
-        model=net,
-        preprocess=preprocess,
-        class_names=names,
-        weights=str(path),
-        device=target,
-        dtype=torch_dtype,
-        channels_last=True,
-        info=info,
+    inferred = {"num_classes": num_classes, "num_heads": heads}
+    net = build_with_weights(spec, state, info, source, inferred=inferred, overrides={"lam": chosen_lam})
+    runner = InferenceModel.prepare(
+        spec.card.name,
+        net,
+        preprocess_for(spec, info, source),
+        device=resolve_device(device),
+        dtype=resolve_dtype(dtype),
+        channels_last=spec.card.channels_last,
     )
-    settings = CSRASettings(arch, net.depth, heads, num_classes, chosen_lam, lam_source)
-    return clf, settings
+    settings = CSRASettings(spec.card.name, net.depth, heads, num_classes, net.lam, lam_source)
+    return Classifier(runner=runner, class_names=names, weights=source, info=info), settings
 
 
 def _choose_lambda(lam: float | None, info, path: Path, dataset: str | None) -> tuple[float, str]:
     if lam is not None:
-        if not lam >= 0:
-            raise UsageError(f"--lam must be >= 0, not {lam}")
+        if not (math.isfinite(lam) and lam >= 0):
+            raise UsageError(f"--lam must be a finite number >= 0, not {lam}")
         return lam, "--lam"
-    if info and "lam" in info.extra:
-        return float(info.extra["lam"]), "checkpoint"
+    stored = info.model_args.get("lam", info.extra.get("lam")) if info else None
+    if stored is not None:
+        if isinstance(stored, bool) or not isinstance(stored, (int, float)) or not math.isfinite(stored) or stored < 0:
+            raise CheckpointError(f"{path}: its stored lambda is not a finite number >= 0 ({stored!r})")
+        return float(stored), "checkpoint"
     named = re.search(r"_lam([0-9]*\.?[0-9]+)", path.name)
     if named:
         return float(named.group(1)), "file name"
@@ -177,16 +173,9 @@ class LabelSet:
     maps: torch.Tensor | None = field(repr=False, default=None)  # [classes, h, w] when attention maps were asked
 
 
-@dataclass
-class Problem:
-    path: str
-    position: int
-    reason: str
-
-
 def recognise(
-    clf: LoadedClassifier,
-    inputs: list[Path | InputProblem],
+    clf: Classifier,
+    inputs: list[Input],
     *,
     threshold: float = 0.5,
     top_k: int | None = None,
@@ -198,9 +187,9 @@ def recognise(
         raise UsageError(f"--threshold must be within [0, 1], not {threshold}")
     if top_k is not None and top_k < 1:
         raise UsageError("--top-k must be at least 1")
-    forward = clf.model.forward_with_maps if with_maps else None
-    for batch, outputs in forward_batches(clf, inputs, options or RunOptions(), forward=forward):
-        results: list[LabelSet | Problem] = [Problem(p.path, i, p.reason) for i, p in batch.problems]
+    forward = clf.runner.model.forward_with_maps if with_maps else None
+    for batch, outputs in forward_batches(clf.runner, inputs, options or RunOptions(), forward=forward):
+        results: list[LabelSet | Problem] = list(batch.problems)
         if outputs is not None:
             logits, maps = outputs if with_maps else (outputs, None)
             results.extend(_label_sets(clf, batch, logits.sigmoid(), maps, threshold, top_k))
@@ -281,31 +270,61 @@ def _colour_map(values: torch.Tensor) -> torch.Tensor:
 
 # --- evaluation ----------------------------------------------------------------------------------------------
 
+# In a labels file, a class name followed by this marks the class as "difficult" in that image (all its instances
+# are), which VOC2007's official evaluation leaves out of that class's figures.
+DIFFICULT_MARK = "?"
 
-def read_labels(path: Path, class_names: list[str]) -> dict[Path, set[int]]:
-    """CSV rows ``image,class,class,...`` -> {resolved image path: positive class indices}.
 
-    Relative image paths are taken relative to the CSV's folder, as dataset lists usually are.
+@dataclass
+class Truth:
+    """An image's ground truth: positive classes, and classes present only as difficult instances."""
+
+    positives: set[int] = field(default_factory=set)
+    difficult: set[int] = field(default_factory=set)
+
+    def merge(self, other: Truth) -> None:
+        self.positives |= other.positives
+        # As VOC's annotation tools decide: a class with any non-difficult instance is a plain positive.
+        self.difficult = (self.difficult | other.difficult) - self.positives
+
+
+def read_labels(path: Path, class_names: list[str]) -> dict[Path, Truth]:
+    """CSV rows ``image,class,class?,...`` -> {resolved image path: Truth}.
+
+    Relative image paths are taken relative to the CSV's folder, as dataset lists usually are. A class followed by
+    ``?`` is difficult in that image. An image on several rows gets the union of their labels (files that list
+    one label per row are common).
     """
-    index = {name: i for i, name in enumerate(class_names)}
-    labels: dict[Path, set[int]] = {}
+    labels: dict[Path, Truth] = {}
     try:
         with open(path, newline="", encoding="utf-8") as handle:
             for line_number, row in enumerate(csv.reader(handle), start=1):
                 cells = [cell.strip() for cell in row]
                 if not cells or not cells[0] or cells[0].startswith("#"):
                     continue
-                unknown = [c for c in cells[1:] if c and c not in index]
-                if unknown:
-                    raise RlError(f"{path}:{line_number}: unknown class {unknown[0]!r}")
+                truth = _truth_of(cells[1:], class_names, f"{path}:{line_number}")
                 image = Path(cells[0])
-                image = image if image.is_absolute() else path.parent / image
-                labels[image.resolve()] = {index[c] for c in cells[1:] if c}
+                image = (image if image.is_absolute() else path.parent / image).resolve()
+                labels.setdefault(image, Truth()).merge(truth)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise RlError(f"cannot read labels from {path}: {exc}") from exc
     if not labels:
         raise RlError(f"{path} holds no labelled images")
     return labels
+
+
+def _truth_of(cells: list[str], class_names: list[str], where: str) -> Truth:
+    index = {name: i for i, name in enumerate(class_names)}
+    truth = Truth()
+    for cell in filter(None, cells):
+        if cell in index:
+            truth.positives.add(index[cell])
+        elif cell.endswith(DIFFICULT_MARK) and cell[:-1].strip() in index:
+            truth.difficult.add(index[cell[:-1].strip()])
+        else:
+            raise RlError(f"{where}: unknown class {cell!r}")
+    truth.difficult -= truth.positives
+    return truth
 
 
 @dataclass
@@ -320,7 +339,9 @@ class Evaluation:
     OP: float
     OR: float
     OF1: float
+    classes_evaluated: list[str]  # the classes that mAP, CP and CR average over
     classes_without_positives: list[str]
+    difficult_excluded: int  # (image, class) pairs left out as difficult
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -350,45 +371,71 @@ def average_precision(scores: list[float], positives: list[bool]) -> float | Non
     return ap / total_positives
 
 
-def evaluate(
-    scores: list[list[float]], truth: list[set[int]], class_names: list[str], threshold: float = 0.5
-) -> Evaluation:
-    """Per-class AP and mAP, with the paper's precision/recall/F1 at ``threshold``.
+@dataclass
+class _ClassCounts:
+    ap: float | None
+    true_positives: int
+    predicted: int
+    positives: int
 
-    CP and CR average per-class precision and recall (a class with no prediction has precision 0, as in the
-    official code); classes with no positive example have no AP or recall and are left out of mAP and CR.
-    OP and OR pool all classes' counts. F1 is the harmonic mean of the matching P and R.
+
+def _count_class(c: int, scores: list[list[float]], truths: list[Truth], threshold: float) -> _ClassCounts:
+    """One class's AP and counts at ``threshold``, over the images where the class is not difficult."""
+    kept = [
+        (row[c], c in truth.positives) for row, truth in zip(scores, truths, strict=True) if c not in truth.difficult
+    ]
+    column, labels = [score for score, _ in kept], [label for _, label in kept]
+    predicted = [score >= threshold for score in column]
+    return _ClassCounts(
+        ap=average_precision(column, labels),
+        true_positives=sum(p and label for p, label in zip(predicted, labels, strict=True)),
+        predicted=sum(predicted),
+        positives=sum(labels),
+    )
+
+
+def evaluate(
+    scores: list[list[float]], truths: list[Truth], class_names: list[str], threshold: float = 0.5
+) -> Evaluation:
+    """Per-class AP and mAP, with the paper's precision/recall/F1 at ``threshold``, as the official code computes
+    them (``utils/evaluation/cal_PR.py`` and ``cal_mAP.py`` of the CSRA repository).
+
+    One class set for every per-class average: the classes with at least one positive example. On a full test set
+    that is every class and the figures equal the official ones; on a subset the official code would divide by
+    zero for the others. OP and OR pool the counts of every class, so false alarms of absent classes count there;
+    OP divides by the predictions actually made (the official code counts a never-predicted class as one
+    prediction there, a side effect of its guard against dividing by zero in CP). A class difficult in an image is
+    left out of that class's figures for that image (VOC2007's rule).
     """
-    classes = len(class_names)
-    aps: dict[str, float | None] = {}
-    tp, predicted, positive = [0] * classes, [0] * classes, [0] * classes
-    for c in range(classes):
-        column = [row[c] for row in scores]
-        labels = [c in t for t in truth]
-        aps[class_names[c]] = average_precision(column, labels)
-        for score, label in zip(column, labels, strict=True):
-            predicted[c] += score >= threshold
-            positive[c] += label
-            tp[c] += label and score >= threshold
-    with_positives = [c for c in range(classes) if positive[c]]
-    valid = [ap for ap in aps.values() if ap is not None]
-    cp = sum(tp[c] / max(predicted[c], 1) for c in range(classes)) / classes
-    cr = sum(tp[c] / positive[c] for c in with_positives) / len(with_positives) if with_positives else 0.0
-    op = sum(tp) / max(sum(predicted), 1)
-    o_r = sum(tp) / sum(positive) if sum(positive) else 0.0
+    counts = [_count_class(c, scores, truths, threshold) for c in range(len(class_names))]
+    evaluated = [c for c, n in enumerate(counts) if n.positives]
+    # The official code counts a class that was never predicted as precision 0 (it divides by max(predicted, 1)).
+    cp = _mean([counts[c].true_positives / max(counts[c].predicted, 1) for c in evaluated])
+    cr = _mean([counts[c].true_positives / counts[c].positives for c in evaluated])
+    tp = sum(n.true_positives for n in counts)
+    predicted = sum(n.predicted for n in counts)
+    positives = sum(n.positives for n in counts)
+    op = tp / max(predicted, 1)
+    o_r = tp / positives if positives else 0.0
     return Evaluation(
         images=len(scores),
         threshold=threshold,
-        average_precision=aps,
-        mAP=sum(valid) / len(valid) if valid else math.nan,
+        average_precision={name: n.ap for name, n in zip(class_names, counts, strict=True)},
+        mAP=_mean([counts[c].ap for c in evaluated]),
         CP=cp,
         CR=cr,
         CF1=_f1(cp, cr),
         OP=op,
         OR=o_r,
         OF1=_f1(op, o_r),
-        classes_without_positives=[class_names[c] for c in range(classes) if not positive[c]],
+        classes_evaluated=[class_names[c] for c in evaluated],
+        classes_without_positives=[class_names[c] for c, n in enumerate(counts) if not n.positives],
+        difficult_excluded=sum(len(t.difficult) for t in truths),
     )
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else math.nan
 
 
 def _f1(precision: float, recall: float) -> float:

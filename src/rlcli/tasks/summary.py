@@ -91,8 +91,8 @@ def summarize(
 
     from rlcli.models.registry import get_spec
 
-    spec = get_spec(model)
-    size = parse_input_size(input_size, spec.default_input) if input_size else spec.default_input
+    spec = get_spec(model, user_code=True)  # a name the user typed: their own code may run
+    size = parse_input_size(input_size, spec.card.default_input) if input_size else spec.card.default_input
     return summarize_spec(spec, size, batch_size=batch_size, depth=depth, counter=counter)
 
 
@@ -100,7 +100,7 @@ def summarize_spec(
     spec, size: tuple[int, ...], *, batch_size: int = 1, depth: int | None = 3, counter: str = "rlcli"
 ) -> ModelSummary:
     """``summarize`` for a spec that need not be registered (``rl compare`` builds scaled family members)."""
-    where = f"{spec.name} at input {format_size((batch_size, *size))}"
+    where = f"{spec.card.name} at input {format_size((batch_size, *size))}"
     if counter == "fvcore":
         return _summarize_with_fvcore(spec, size, batch_size, depth, where)
 
@@ -168,13 +168,13 @@ def _assemble(
         for record in profile.modules
         if depth is None or record.depth <= depth
     ]
-    tokens = size[0] * batch_size if spec.input_kind == "tokens" else None
+    tokens = size[0] * batch_size if spec.card.input_kind == "tokens" else None
     return ModelSummary(
         tokens=size[0] if tokens else None,
         macs_per_token=int(profile.total_macs) // tokens if tokens else None,
-        model=spec.name,
-        family=spec.family,
-        source=spec.source,
+        model=spec.card.name,
+        family=spec.card.family,
+        source=spec.card.source,
         input_size=list(size),
         batch_size=batch_size,
         counter=counter,

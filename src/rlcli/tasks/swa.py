@@ -9,7 +9,6 @@ recomputed in one pass, as ``torch.optim.swa_utils.update_bn`` does.
 
 from __future__ import annotations
 
-import glob
 import os
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -63,25 +62,16 @@ class MergeReport:
 
 
 def resolve_inputs(arguments: list[str]) -> list[Path]:
-    """Files as given, folders expanded to the checkpoints inside them, quoted globs expanded; order kept."""
-    paths: list[Path] = []
-    for argument in arguments:
-        path = Path(argument)
-        if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix in CHECKPOINT_SUFFIXES and p.is_file())
-            if not found:
-                raise RlError(f"no checkpoints ({', '.join(CHECKPOINT_SUFFIXES)}) in folder {path}")
-            paths.extend(found)
-        elif path.is_file():
-            paths.append(path)
-        elif any(ch in argument for ch in "*?["):
-            matches = sorted(Path(p) for p in glob.glob(argument) if Path(p).is_file())
-            if not matches:
-                raise RlError(f"no file matches {argument}")
-            paths.extend(matches)
-        else:
-            raise RlError(f"no such checkpoint file: {path}")
-    return paths
+    """Files as given, folders expanded to the checkpoints directly inside them, quoted globs expanded; order
+    kept, natural within a folder or glob (``epoch_2`` before ``epoch_10``). Any unusable argument is an error:
+    an average over fewer checkpoints than asked would be silently wrong."""
+    from rlcli.core.inputs import Problem, expand_inputs
+
+    found = expand_inputs(arguments, suffixes=frozenset(CHECKPOINT_SUFFIXES), recursive=False, what="checkpoints")
+    problems = [item for item in found if isinstance(item, Problem)]
+    if problems:
+        raise RlError(f"{problems[0].path}: {problems[0].reason}")
+    return [item for item in found if isinstance(item, Path)]
 
 
 def parse_weights(text: str | None, count: int) -> list[float] | None:
@@ -126,11 +116,7 @@ def merge_checkpoints(
         raise UsageError(f"{len(raw_weights)} weights for {len(inputs)} checkpoints")
     _check_output(output, inputs, force=force, keep_structure=keep_structure)
     if bn_data is not None:
-        from rlcli.core.images import find_images
-
-        bn_images = find_images(bn_data)
-        if not bn_images:
-            raise RlError(f"no images in {bn_data}")
+        bn_images = _bn_images(bn_data)
 
     layout, sums, last = _accumulate(inputs, raw_weights, prefer_ema, report)
     copied = [name for name, (_, dtype) in layout.items() if not dtype.is_floating_point]
@@ -149,10 +135,9 @@ def merge_checkpoints(
 
     result = {"bn_layers": 0, "bn_images": 0}
     if bn_data is not None:
-        arch = model or (info.arch if info else None)
-        if not arch:
+        if model is None and not (info and info.arch):
             raise UsageError("--bn-data needs the architecture: pass --model, or merge rlcli checkpoints")
-        result = _recompute_batchnorm(averaged, arch, info, bn_images, bn_batch_size, report)
+        result = _recompute_batchnorm(averaged, model, info, bn_images, bn_batch_size, report)
 
     written = _write(output, averaged, info, structure, prefer_ema)
     total = sum(raw_weights)
@@ -272,39 +257,63 @@ def _finish_average(
     return averaged
 
 
+def _bn_images(folder: Path) -> list[Path]:
+    from rlcli.core.images import IMAGE_SUFFIXES
+    from rlcli.core.inputs import Problem, expand_inputs
+
+    found = expand_inputs([str(folder)], suffixes=IMAGE_SUFFIXES, what="images")
+    problems = [item for item in found if isinstance(item, Problem)]
+    if problems:
+        raise RlError(f"--bn-data {problems[0].path}: {problems[0].reason}")
+    return [item for item in found if isinstance(item, Path)]
+
+
 def _recompute_batchnorm(
     state: dict[str, torch.Tensor],
-    arch: str,
+    arch: str | None,
     info: CheckpointInfo | None,
     images: list[Path],
     batch_size: int,
     report: Progress,
 ) -> dict[str, int]:
-    """Reset BN statistics and re-estimate them with one pass over ``images`` (``update_bn``'s behaviour)."""
+    """Reset BN statistics and re-estimate them with one pass over ``images``, as ``update_bn`` does: cumulative
+    averages (momentum None) in training mode, the model and its preprocessing resolved exactly as `rl classify`
+    resolves them (a fine-tuned head, the checkpoint's own preprocessing)."""
     from torch import nn
-    from torch.optim.swa_utils import update_bn
 
-    from rlcli.core.checkpoints import load_into
-    from rlcli.core.images import Preprocess, batches
-    from rlcli.models.registry import get_spec
+    from rlcli.core.inference import InferenceModel, RunOptions, forward_batches
+    from rlcli.models.loading import architecture_of, build_with_weights, preprocess_for
 
-    spec = get_spec(arch)
-    net = spec.build(**(info.model_args if info and info.arch == arch else {}))
-    load_into(net, state, source="the averaged weights")
+    source = "the averaged weights"
+    spec = architecture_of(arch, info, source)
+    net = build_with_weights(spec, state, info, source)
     norms = {name: m for name, m in net.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
     if not norms:
-        raise RlError(f"--bn-data given, but {arch} has no BatchNorm layers")
-    preprocess = Preprocess.for_model(spec)
-
-    def loader():
-        done = 0
-        workers = min(4, os.cpu_count() or 1)  # decoding overlaps the BN forward passes, as in rl classify
-        for batch in batches(images, preprocess, batch_size, workers=workers):
-            yield batch
-            done += len(batch)
-            report("batchnorm", done, len(images))
-
-    update_bn(loader(), net)
+        raise RlError(f"--bn-data given, but {spec.card.name} has no BatchNorm layers")
+    preprocess = preprocess_for(spec, info, source)
+    if preprocess is None:
+        raise RlError(f"--bn-data given, but {spec.card.name} does not take images")
+    for norm in norms.values():
+        norm.reset_running_stats()
+        norm.momentum = None  # a cumulative average over every batch, as update_bn computes it
+    runner = InferenceModel.prepare(
+        spec.card.name,
+        net,
+        preprocess,
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+        channels_last=False,
+        train=True,
+    )
+    options = RunOptions(
+        batch_size=batch_size,
+        workers=min(4, os.cpu_count() or 1),  # decoding overlaps the BN forward passes, as in rl classify
+        on_progress=lambda done, total: report("batchnorm", done, total),
+    )
+    for batch, _ in forward_batches(runner, list(images), options):
+        if batch.problems:
+            # Every image must count towards the statistics: a skipped one would change them silently.
+            raise RlError(f"--bn-data {batch.problems[0].path}: {batch.problems[0].reason}")
     fresh = net.state_dict()
     for name in norms:
         for buffer in ("running_mean", "running_var", "num_batches_tracked"):

@@ -1,6 +1,6 @@
 """Regenerate ``index.json``, the static model list that `rl models` and completion read without torch.
 
-Run after adding a model or upgrading torchvision:  python -m rlcli.models.build_index
+Run after adding a model or upgrading torchvision:  python scripts/update_generated.py
 """
 
 from __future__ import annotations
@@ -30,16 +30,16 @@ def build_index() -> dict[str, Any]:
         entries.append(
             {
                 "name": name,
-                "family": spec.family,
-                "source": spec.source,
-                "task": spec.task,
+                "family": spec.card.family,
+                "source": spec.card.source,
+                "task": spec.card.task,
                 "params": summary.params,
                 "macs": summary.macs,
-                "input_size": format_size(spec.default_input),
+                "input_size": format_size(spec.card.default_input),
             }
         )
     return {
-        "generated_by": "python -m rlcli.models.build_index",
+        "generated_by": "python scripts/update_generated.py",
         "convention": CONVENTION,
         "versions": {
             "torch": torch.__version__.split("+")[0],

@@ -1,0 +1,219 @@
+"""From a checkpoint (and what the user typed) to a model with its weights, classes and preprocessing.
+
+The one resolver that classify, multilabel and swa-merge's BatchNorm pass share, so that a fine-tuned head, a
+checkpoint's own preprocessing or a stored class list means the same in every command. Facts are taken in this
+order: the command line, then the checkpoint's own description, then the model card.
+
+Everything read from a file is data: the recorded architecture resolves against the registry only, stored builder
+arguments are checked against what the builder accepts, stored preprocessing and class names are validated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from rlcli.core.checkpoints import CheckpointInfo, load_checkpoint, load_into
+from rlcli.core.images import Preprocess
+from rlcli.core.meta import build_on_meta
+from rlcli.errors import CheckpointError, ModelNotFoundError, ModelRunError, RlError, UsageError
+from rlcli.models.registry import ModelSpec, get_spec, stock_torchvision_kwargs
+
+StateDict = dict[str, torch.Tensor]
+
+
+@dataclass
+class LoadedModel:
+    """A model with real weights (on the CPU, in the file's dtype) and what its inputs and outputs mean."""
+
+    spec: ModelSpec
+    model: nn.Module
+    class_names: list[str] | None
+    preprocess: Preprocess | None
+    info: CheckpointInfo | None
+    weights: str  # where the weights came from, for reports
+
+
+def architecture_of(
+    typed: str | None,
+    info: CheckpointInfo | None,
+    source: str,
+    guess: Callable[[], str | None] | None = None,
+) -> ModelSpec:
+    """The spec for a checkpoint: the name the user typed (user code allowed), else the one the file records
+    (registry only), else ``guess()`` (e.g. CSRA's depth read from the keys)."""
+    recorded = info.arch if info else None
+    if typed is not None:
+        if recorded and recorded != typed:
+            raise UsageError(f"{source} holds a {recorded}, not a {typed}")
+        return get_spec(typed, user_code=True)
+    if recorded is not None:
+        if not isinstance(recorded, str):
+            raise CheckpointError(f"{source}: its recorded architecture is not a name ({recorded!r})")
+        if ":" in recorded:
+            raise CheckpointError(
+                f"{source} records its architecture as {recorded!r}, a reference to Python code; rl runs code only "
+                f"when you type it: give --model {recorded} if you trust this file"
+            )
+        try:
+            return get_spec(recorded)
+        except ModelNotFoundError as exc:
+            raise CheckpointError(f"{source} records an architecture rl does not know: {exc}") from exc
+    guessed = guess() if guess else None
+    if guessed is None:
+        raise UsageError(f"{source} does not name its architecture: give --model")
+    return get_spec(guessed)
+
+
+def build_with_weights(
+    spec: ModelSpec,
+    state: StateDict,
+    info: CheckpointInfo | None,
+    source: str,
+    inferred: dict[str, Any] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> nn.Module:
+    """``spec``'s model built around ``state``: ``overrides`` (what the user chose), then the stored arguments
+    (checked), then ``inferred`` ones for whatever the file does not record (a fine-tuned head's class count);
+    weights are assigned without a copy."""
+    stored = info.model_args if info and info.arch == spec.card.name else {}
+    if not isinstance(stored, dict):
+        raise CheckpointError(f"{source}: its stored model arguments are not a mapping ({stored!r})")
+    arguments = spec.checked_arguments(stored, source)
+    for name, value in (inferred or {}).items():
+        arguments.setdefault(name, value)
+    arguments.update(overrides or {})
+    if spec.card.source == "torchvision" and "num_classes" not in arguments:
+        arguments["num_classes"] = _head_height(spec, state)
+    try:
+        net = build_on_meta(lambda: spec.build(**arguments))
+    except (ModelRunError, UsageError):
+        raise
+    except Exception as exc:
+        shown = ", ".join(f"{k}={v!r}" for k, v in arguments.items()) or "no arguments"
+        raise CheckpointError(f"{source}: cannot build {spec.card.name} with {shown}: {exc}") from exc
+    load_into(net, state, source=source, assign=True)
+    return net
+
+
+def _head_height(spec: ModelSpec, state: StateDict) -> int | None:
+    """A fine-tuned torchvision model's class count: the height of its final weight matrix in the file."""
+    reference = build_on_meta(lambda: spec.build())
+    last = [name for name, p in reference.named_parameters() if p.dim() >= 2][-1]
+    return int(state[last].shape[0]) if last in state and state[last].dim() >= 2 else None
+
+
+def preprocess_for(spec: ModelSpec, info: CheckpointInfo | None, source: str) -> Preprocess | None:
+    """The checkpoint's own preprocessing when it records one (validated), else the model card's."""
+    stored = info.extra.get("preprocess") if info else None
+    if stored is not None:
+        try:
+            return Preprocess.from_mapping(stored)
+        except (ValueError, TypeError) as exc:
+            raise CheckpointError(f"{source}: its stored preprocessing is invalid: {exc}") from exc
+    if spec.card.preprocess is not None:
+        return spec.card.preprocess
+    size = spec.card.default_input
+    if spec.card.input_kind == "image" and len(size) == 3:
+        return Preprocess.for_crop(size[-1])
+    return None
+
+
+def class_names_for(spec: ModelSpec, info: CheckpointInfo | None, outputs: int | None, source: str) -> list[str]:
+    """The checkpoint's class names, else the card's when their count fits the model, else numbered classes."""
+    stored = info.class_names if info else None
+    if stored is not None:
+        if not all(isinstance(name, str) for name in stored):
+            raise CheckpointError(f"{source}: its stored class names are not all strings")
+        return list(stored)
+    card = spec.card.classes
+    if card is not None and (outputs is None or len(card) == outputs):
+        return list(card)
+    return [f"class {i}" for i in range(outputs or 0)]
+
+
+def output_count(net: nn.Module) -> int | None:
+    """The width of the model's last classifier layer (Linear, else 1x1-style Conv2d), if it has one."""
+    linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
+    if linears:
+        return linears[-1].out_features
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+    return convs[-1].out_channels if convs else None
+
+
+def load_model_file(path: Path, typed: str | None) -> LoadedModel:
+    """A checkpoint file as a model: architecture, weights, classes and preprocessing resolved as above."""
+    checkpoint = load_checkpoint(path)
+    source = str(path)
+    spec = architecture_of(typed, checkpoint.info, source)
+    net = build_with_weights(spec, checkpoint.state_dict, checkpoint.info, source)
+    return LoadedModel(
+        spec=spec,
+        model=net,
+        class_names=class_names_for(spec, checkpoint.info, output_count(net), source),
+        preprocess=preprocess_for(spec, checkpoint.info, source),
+        info=checkpoint.info,
+        weights=source,
+    )
+
+
+# --- torchvision weights from the torch hub cache -------------------------------------------------------------
+
+
+def load_torchvision_weights(spec: ModelSpec, name: str) -> LoadedModel:
+    """torchvision weights (``ResNet50_Weights.IMAGENET1K_V2``, ``IMAGENET1K_V2`` or ``DEFAULT``) read from the
+    local torch hub cache with ``weights_only=True``; never downloaded."""
+    import torchvision.models as tvm
+
+    if spec.card.source != "torchvision":
+        raise UsageError(f"{spec.card.name} has no torchvision weights: give --weights FILE")
+    weights = _torchvision_weights_member(tvm.get_model_weights(spec.card.name), name, spec.card.name)
+    file = cached_weights_file(weights)
+    state = load_checkpoint(file).state_dict
+    preprocess = Preprocess.from_torchvision(weights)
+    kwargs = stock_torchvision_kwargs(spec.card.name, weights, (3, preprocess.crop, preprocess.crop))
+    if spec.card.name == "googlenet":
+        kwargs["aux_logits"] = True  # the file holds the auxiliary heads; torchvision drops them after loading
+    net = build_on_meta(lambda: tvm.get_model(spec.card.name, **kwargs))
+    load_into(net, state, source=str(file), assign=True)
+    if spec.card.name == "googlenet":
+        net.aux_logits, net.aux1, net.aux2 = False, None, None
+    return LoadedModel(
+        spec=spec,
+        model=net,
+        class_names=list(weights.meta["categories"]),
+        preprocess=preprocess,
+        info=None,
+        weights=f"{type(weights).__name__}.{weights.name}",
+    )
+
+
+def _torchvision_weights_member(enum: Any, name: str, model: str) -> Any:
+    member = name.rsplit(".", 1)[-1]
+    if "." in name and name.split(".")[0] != enum.__name__:
+        raise UsageError(f"{name} are not weights of {model} (its weights are {enum.__name__}.*)")
+    try:
+        return enum[member] if member != "DEFAULT" else enum.DEFAULT
+    except KeyError:
+        choices = ", ".join(["DEFAULT", *(w.name for w in enum)])
+        raise UsageError(f"unknown weights '{name}' for {model}: choose {choices}") from None
+
+
+def cached_weights_file(weights: Any) -> Path:
+    """The file of torchvision ``weights`` in the torch hub cache, or an error with the one command that gets it."""
+    filename = weights.url.rsplit("/", 1)[-1]
+    folder = Path(torch.hub.get_dir()) / "checkpoints"
+    path = folder / filename
+    if not path.is_file():
+        qualified = f"{type(weights).__name__}.{weights.name}"
+        raise RlError(
+            f"weights {qualified} are not in the torch hub cache (looked for {path}); rl never downloads. "
+            f'Fetch them once with: python -c "import torchvision; '
+            f"torchvision.models.get_weight('{qualified}').get_state_dict(weights_only=True)\""
+        )
+    return path
