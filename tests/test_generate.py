@@ -395,6 +395,41 @@ def test_cli_too_many_samples_is_a_usage_error_before_allocating(rl, tiny_dir, m
     )
 
 
+def test_cli_samples_are_printed_as_they_finish(rl, tiny_dir, monkeypatch):
+    import itertools
+    import re
+
+    from rlcli.models.gpt2 import GPT2
+
+    args = ["generate", "-m", str(tiny_dir), "--seed", "0", "-n", "12", "--top-k", "0", "--stop", "o"]
+    args += ["--num-samples", "6"]
+    samples = json.loads(rl(*args, "--json", "To be").stdout)["samples"]
+    ended = sorted((len(s["token_ids"]), i) for i, s in enumerate(samples) if s["finish_reason"] != "length")
+    by_length = [i for i, s in enumerate(samples) if s["finish_reason"] == "length"]
+    # The case needs samples ending at different steps, two ending at the same step, and one running to the end.
+    assert len({step for step, _ in ended}) > 1 and len({step for step, _ in ended}) < len(ended) and by_length
+
+    # Every forward pass writes a marker to stdout: the markers before a sample's header count the steps run.
+    forward = GPT2.forward
+
+    def marking(self, *a, **k):
+        sys.stdout.write("\0")
+        return forward(self, *a, **k)
+
+    monkeypatch.setattr(GPT2, "forward", marking)
+    result = rl(*args, "To be")
+    assert result.code == 0, result.stderr
+    headers = re.findall(r"(\0*)\n?--- sample (\d+) ---\n", result.stdout)
+    printed = [int(number) - 1 for _, number in headers]
+    steps_run = list(itertools.accumulate(len(marks) for marks, _ in headers))
+    # Finishing order, ties in sample order, then the samples that ran to --max-new-tokens.
+    assert printed == [index for _, index in ended] + by_length
+    # Printed right after their last token: the k-th token comes from the k-th forward pass (the prompt's first).
+    assert steps_run[: len(ended)] == [step for step, _ in ended]
+    expected = "\n".join(f"--- sample {i + 1} ---\n{samples[i]['text']}\n" for i in printed)
+    assert result.stdout.replace("\0", "") == expected
+
+
 def test_cli_non_utf8_stdin(rl, tiny_dir, monkeypatch):
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"caf\xe9")))
     result = rl("generate", "-m", str(tiny_dir), "-")

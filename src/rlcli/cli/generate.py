@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import typer
@@ -10,16 +11,18 @@ import typer
 from rlcli.cli._common import Device, DType, note, print_json, stdout_is_terminal, warn
 
 if TYPE_CHECKING:
-    from rlcli.tasks.generate import GenerationResult
+    from rlcli.tasks.generate import GenerationResult, Sample
 
 HELP = """Generate text with a GPT-2 model: KV cache, temperature, top-k/top-p, seeds, streaming.
 
 The prompt is PROMPT, or stdin when PROMPT is '-' or absent and stdin is piped. Only the continuation is printed
-(--echo prepends the prompt); on a terminal a single sample streams token by token. --model takes a folder in
-the Hugging Face layout (config.json, model.safetensors or pytorch_model.bin, tokenizer.json or vocab.json and
-merges.txt), a Hub name (gpt2, openai-community/gpt2, distilgpt2) found in the local Hugging Face cache, or
-'shakespeare', the small model bundled with rl. Without --model: gpt2 when it is cached, else shakespeare. rl
-never downloads.
+(--echo prepends the prompt). A single sample streams token by token on a terminal; several samples are each
+printed as soon as they end, under a '--- sample N ---' line (those reaching --max-new-tokens last).
+
+--model takes a folder in the Hugging Face layout (config.json, model.safetensors or pytorch_model.bin,
+tokenizer.json or vocab.json and merges.txt), a Hub name (gpt2, openai-community/gpt2, distilgpt2) found in the
+local Hugging Face cache, or 'shakespeare', the small model bundled with rl. Without --model: gpt2 when it is
+cached, else shakespeare. rl never downloads.
 
 Sampling defaults are Hugging Face's: temperature 1, top-k 50, top-p 1 (off); --temperature 0 is greedy.
 
@@ -86,15 +89,14 @@ def generate_command(
     if streaming and echo:
         sys.stdout.write(text)
         sys.stdout.flush()
-    result = Generator(lm).generate(text, options, on_text=write_through if streaming else None)
+    on_finish = None if json_out or streaming else sample_printer(text if echo else "", headers=num_samples > 1)
+    result = Generator(lm).generate(text, options, on_text=write_through if streaming else None, on_finish=on_finish)
     for message in result.warnings:
         warn(message)
     if json_out:
         print_json(result.to_dict())
     elif streaming:
         sys.stdout.write("\n")
-    else:
-        print_samples(result, echo)
     if stats:
         print_stats(result)
     if result.interrupted:
@@ -126,13 +128,20 @@ def write_through(index: int, delta: str) -> None:
     sys.stdout.flush()
 
 
-def print_samples(result: GenerationResult, echo: bool) -> None:
-    many = len(result.samples) > 1
-    for index, sample in enumerate(result.samples):
-        if many:
-            sys.stdout.write(f"{'' if index == 0 else chr(10)}--- sample {index + 1} ---\n")
-        sys.stdout.write((result.prompt if echo else "") + sample.text + "\n")
-    sys.stdout.flush()
+def sample_printer(prefix: str, headers: bool) -> Callable[[int, Sample], None]:
+    """Prints each sample as it finishes, after ``prefix``; with ``headers``, under a ``--- sample N ---`` line and
+    a blank line apart from the previous one."""
+    printed = 0
+
+    def print_sample(index: int, sample: Sample) -> None:
+        nonlocal printed
+        if headers:
+            sys.stdout.write(f"{chr(10) if printed else ''}--- sample {index + 1} ---\n")
+        sys.stdout.write(prefix + sample.text + "\n")
+        sys.stdout.flush()
+        printed += 1
+
+    return print_sample
 
 
 def print_stats(result: GenerationResult) -> None:

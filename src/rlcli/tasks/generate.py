@@ -38,7 +38,8 @@ from rlcli.models.gpt2 import (
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
-TextCallback = Callable[[int, str], None]
+TextCallback = Callable[[int, str], None]  # (sample index, newly settled text)
+FinishCallback = Callable[[int, "Sample"], None]  # (sample index, the finished sample)
 
 
 # --- loading -------------------------------------------------------------------------------------------------
@@ -338,6 +339,15 @@ class _Stream:
     emitted: int = 0
     finish_reason: str | None = None
 
+    def as_sample(self) -> Sample:
+        return Sample(self.text, self.ids, self.logprobs, self.finish_reason or "length")
+
+
+@dataclass(frozen=True)
+class _Listeners:
+    on_text: TextCallback | None = None
+    on_finish: FinishCallback | None = None
+
 
 class Generator:
     """Runs sampling loops over one loaded model."""
@@ -345,8 +355,18 @@ class Generator:
     def __init__(self, lm: LanguageModel) -> None:
         self.lm = lm
 
-    def generate(self, prompt: str, options: SamplingOptions, on_text: TextCallback | None = None) -> GenerationResult:
+    def generate(
+        self,
+        prompt: str,
+        options: SamplingOptions,
+        on_text: TextCallback | None = None,
+        on_finish: FinishCallback | None = None,
+    ) -> GenerationResult:
+        """Samples for ``prompt``. ``on_text`` receives each sample's text as it settles; ``on_finish`` each sample
+        as soon as it ends (eos or stop: in the order they end, samples ending at one step in index order), then
+        the samples that ran to max_new_tokens or were interrupted, in index order."""
         options.validate()
+        listeners = _Listeners(on_text, on_finish)
         lm, config = self.lm, self.lm.config
         warnings: list[str] = []
         prompt_ids = lm.tokenizer.encode(prompt).ids if prompt else []
@@ -368,14 +388,13 @@ class Generator:
         interrupted = False
         with torch.inference_mode():
             try:
-                first_token_at = self._loop(prompt_ids, options, seed, streams, on_text, warnings)
+                first_token_at = self._loop(prompt_ids, options, seed, streams, listeners, warnings)
             except KeyboardInterrupt:
                 interrupted = True
         finished = time.perf_counter()
         for index, stream in enumerate(streams):
             if stream.finish_reason is None:
-                stream.finish_reason = "interrupted" if interrupted else "length"
-            self._emit(stream, index, options, on_text, final=True)
+                self._finish(stream, index, "interrupted" if interrupted else "length", options, listeners)
         new_tokens = sum(len(s.ids) for s in streams)
         first = first_token_at or finished
         decode_tokens = new_tokens - len(streams)
@@ -384,7 +403,7 @@ class Generator:
             prompt=prompt,
             settings={k: v for k, v in asdict(options).items() if k != "seed"} | {"dtype": str(lm.dtype)[6:]},
             seed=seed,
-            samples=[Sample(s.text, s.ids, s.logprobs, s.finish_reason or "length") for s in streams],
+            samples=[s.as_sample() for s in streams],
             stats=GenerationStats(
                 prompt_tokens=len(prompt_ids),
                 new_tokens=new_tokens,
@@ -397,7 +416,7 @@ class Generator:
             interrupted=interrupted,
         )
 
-    def _loop(self, prompt_ids, options, seed, streams, on_text, warnings) -> float | None:
+    def _loop(self, prompt_ids, options, seed, streams, listeners, warnings) -> float | None:
         lm, config = self.lm, self.lm.config
         batch, device = options.num_samples, lm.device
         generator = torch.Generator(device=device).manual_seed(seed)
@@ -415,7 +434,7 @@ class Generator:
             logprobs = logits.log_softmax(dim=-1).gather(1, tokens[:, None]).squeeze(1)
             if first_token_at is None:
                 first_token_at = time.perf_counter()
-            if self._record(tokens.tolist(), logprobs.tolist(), streams, options, on_text):
+            if self._record(tokens.tolist(), logprobs.tolist(), streams, options, listeners):
                 break
             if seen is not None:
                 seen[torch.arange(batch, device=device), tokens] = True
@@ -445,7 +464,7 @@ class Generator:
             logits[:, decodable:] = float("-inf")
         return logits
 
-    def _record(self, tokens, logprobs, streams, options, on_text) -> bool:
+    def _record(self, tokens, logprobs, streams, options, listeners) -> bool:
         """Append one token to each unfinished sample; True when every sample has finished."""
         tokenizer = self.lm.tokenizer
         for index, (stream, token, logprob) in enumerate(zip(streams, tokens, logprobs, strict=True)):
@@ -454,7 +473,7 @@ class Generator:
             stream.ids.append(token)
             stream.logprobs.append(logprob)
             if token == self.lm.eos_id and not options.ignore_eos:
-                stream.finish_reason = "eos"
+                self._finish(stream, index, "eos", options, listeners)
                 continue
             settled = settled_length(stream.text)
             stream.text = tokenizer.decode(stream.ids, skip_special_tokens=False)
@@ -464,10 +483,16 @@ class Generator:
                 hits = [i for i in (stream.text.find(s, window_start) for s in options.stop) if i >= 0]
                 if hits:
                     stream.text = stream.text[: min(hits)]
-                    stream.finish_reason = "stop"
+                    self._finish(stream, index, "stop", options, listeners)
                     continue
-            self._emit(stream, index, options, on_text, final=False)
+            self._emit(stream, index, options, listeners.on_text, final=False)
         return all(s.finish_reason is not None for s in streams)
+
+    def _finish(self, stream: _Stream, index: int, reason: str, options: SamplingOptions, listeners: _Listeners):
+        stream.finish_reason = reason
+        self._emit(stream, index, options, listeners.on_text, final=True)
+        if listeners.on_finish is not None:
+            listeners.on_finish(index, stream.as_sample())
 
     @staticmethod
     def _emit(stream: _Stream, index: int, options: SamplingOptions, on_text: TextCallback | None, final: bool):
