@@ -6,7 +6,11 @@ Heavy libraries (torch, torchvision, fvcore) are imported inside the commands th
 
 from __future__ import annotations
 
+import functools
+import os
+import signal
 import sys
+import warnings
 
 import typer
 
@@ -65,10 +69,42 @@ multilabel.register(app)
 compare.register(app)
 
 
+class _PipeClosed(BaseException):
+    """The reader of stdout went away (`rl ... | head`). A BaseException, so that nothing on the way out, typer
+    included (which turns EPIPE into exit 1), mistakes it for a failure of the command."""
+
+
+class _Terminated(BaseException):
+    """SIGTERM arrived. Raised in the main thread so that every `finally` runs: temporary files are removed."""
+
+
+def _pipe_closed_is_not_a_failure(command):
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except BrokenPipeError as exc:
+            raise _PipeClosed from exc
+
+    return run
+
+
+for _info in app.registered_commands:
+    _info.callback = _pipe_closed_is_not_a_failure(_info.callback)
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise _Terminated
+
+
 def main() -> None:
     """Entry point of the `rl` script: runs the app and turns failures into one `error:` line."""
     from rlcli.errors import RlError
 
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    if not _common.STATE.debug and "--debug" not in sys.argv:
+        # rl says what matters in its own words; library warnings (torch's, Pillow's) are not for its users.
+        warnings.simplefilter("ignore")
     try:
         code = app(standalone_mode=False)
     except _CLICK_USAGE_ERROR as exc:
@@ -85,10 +121,15 @@ def main() -> None:
     except KeyboardInterrupt:
         sys.stderr.write("\ninterrupted\n")
         sys.exit(130)
-    except BrokenPipeError:
-        # `rl ... | head` closed the pipe: not an error of ours, and nothing more to say.
-        sys.stderr.close()
+    except (_PipeClosed, BrokenPipeError):
+        # `rl ... | head` closed the pipe: not an error of ours, and nothing more to say. 141 = 128 + SIGPIPE, what
+        # a shell reports for a program the closed pipe stopped; stdout goes to /dev/null so that the final flush
+        # at exit cannot complain again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(141)
+    except _Terminated:
+        sys.stderr.write("\nterminated\n")
+        sys.exit(143)
     except Exception as exc:
         _fail(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", 1)
     sys.exit(code if isinstance(code, int) else 0)
