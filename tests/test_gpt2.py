@@ -54,6 +54,24 @@ def test_greedy_output_matches_the_reference_token_for_token(lm, reference):
     assert result.samples[0].token_ids == expected
 
 
+def test_greedy_output_past_the_context_matches_the_reference_on_the_same_windows(lm, reference):
+    """Past the context rl re-encodes the newest three quarters and goes on (README); transformers' generate cannot
+    go past it, so the reference is its forward pass, without a cache, over exactly those windows."""
+    prompt = "To be, or not to be, that is"
+    ids = lm.tokenizer.encode(prompt).ids
+    context = lm.config.n_positions
+    keep = context - context // 4
+    tokens, start = list(ids), 0
+    with torch.inference_mode():
+        for _ in range(150):
+            if len(tokens) - start > context:
+                start = len(tokens) - keep
+            tokens.append(int(reference(torch.tensor([tokens[start:]])).logits[0, -1].argmax()))
+    result = Generator(lm).generate(prompt, SamplingOptions(max_new_tokens=150, temperature=0, ignore_eos=True))
+    assert start > 0 and any("window slid" in w for w in result.warnings)
+    assert result.samples[0].token_ids == tokens[len(ids) :]
+
+
 def test_kv_cache_equals_full_recomputation(lm):
     from rlcli.models.gpt2 import KVCache
 
