@@ -200,3 +200,88 @@ def test_cli_evaluation(rl, csra_file, tmp_path):
     labels.write_text("images/nothing.png,unicorn\n")
     bad = rl("multilabel", "-w", str(csra_file), "--labels", str(labels))
     assert bad.code == 1 and "unknown class 'unicorn'" in bad.stderr
+
+
+# --- metrics against the official evaluation -------------------------------------------------------------------
+
+
+def official_voc07_metrics(scores, targets, threshold=0.5):
+    """utils/evaluation/cal_mAP.py and cal_PR.py of the CSRA repository, transcribed: ternary VOC07 targets
+    (1 positive, 0 difficult, -1 negative); a difficult pair is left out of its class's AP and counts."""
+    import numpy as np
+
+    scores, targets = np.asarray(scores, dtype=np.float64), np.asarray(targets, dtype=np.float64)
+    aps = []
+    gt, tp, predicted = [], [], []
+    for c in range(scores.shape[1]):
+        keep = np.where(targets[:, c] != 0)[0]
+        score, target = scores[keep, c], targets[keep, c].copy()
+        target[target == -1] = 0
+        order = np.argsort(-score)
+        hits, precision_sum = 0.0, 0.0
+        for rank, label in enumerate(target[order]):
+            if label == 1:
+                hits += 1
+                precision_sum += hits / (rank + 1)
+        aps.append(precision_sum / hits)
+        gt.append(np.sum(target == 1))
+        predicted.append(np.sum(score >= threshold))
+        tp.append(np.sum(target * (score >= threshold)))
+    gt, tp, predicted = np.array(gt), np.array(tp), np.array(predicted, dtype=np.float64)
+    predicted[predicted == 0] = 1
+    op, o_r = tp.sum() / predicted.sum(), tp.sum() / gt.sum()
+    cp, cr = np.sum(tp / predicted) / len(gt), np.sum(tp / gt) / len(gt)
+    return {
+        "mAP": float(np.mean(aps)),
+        "CP": cp,
+        "CR": cr,
+        "CF1": 2 * cp * cr / (cp + cr),
+        "OP": op,
+        "OR": o_r,
+        "OF1": 2 * op * o_r / (op + o_r),
+    }
+
+
+def test_metrics_equal_the_official_evaluation_with_difficult_labels():
+    generator = torch.Generator().manual_seed(7)
+    images, classes = 60, 6
+    targets = torch.randint(-1, 2, (images, classes), generator=generator)  # -1, 0 (difficult) or 1
+    targets[:3] = 1  # every class has positives, so the official code's averages are defined
+    targets[3:6] = -1  # ... and negatives
+    scores = torch.rand(images, classes, generator=generator, dtype=torch.float64)
+    scores[:3] = 0.9  # and every class is predicted at least once
+    scores[:3] += torch.arange(3, dtype=torch.float64)[:, None] * 0.01  # no ties among them
+    truths = [
+        Truth({c for c in range(classes) if row[c] == 1}, {c for c in range(classes) if row[c] == 0})
+        for row in targets.tolist()
+    ]
+    ours = evaluate(scores.tolist(), truths, [f"c{i}" for i in range(classes)], threshold=0.5)
+    official = official_voc07_metrics(scores.tolist(), targets.tolist())
+    for name, value in official.items():
+        assert getattr(ours, name) == pytest.approx(value, abs=1e-12), name
+    assert ours.difficult_excluded == int((targets == 0).sum())
+
+
+def test_per_class_figures_use_one_class_set_on_a_subset():
+    """Two VOC images recognised perfectly: every figure is 100 %. (CP over all 20 classes but CR over the 2
+    with positives gave CF1 = 0.182.)"""
+    scores = [[0.0] * 20, [0.0] * 20]
+    scores[0][VOC2007.index("cat")] = 0.9
+    scores[1][VOC2007.index("dog")] = 0.8
+    truths = [Truth({VOC2007.index("cat")}), Truth({VOC2007.index("dog")})]
+    result = evaluate(scores, truths, list(VOC2007))
+    assert (result.mAP, result.CP, result.CR, result.CF1, result.OP, result.OR, result.OF1) == (1.0,) * 7
+    assert result.classes_evaluated == ["cat", "dog"]
+
+
+def test_labels_file_merges_repeated_images_and_reads_difficult_marks(tmp_path):
+    from rlcli.tasks.multilabel import read_labels
+
+    labels = tmp_path / "labels.csv"
+    labels.write_text("a.jpg,dog\nb.jpg,cat,person?\na.jpg,cat\nb.jpg,person\nc.jpg,bird?\n")
+    truth = read_labels(labels, list(VOC2007))
+    index = VOC2007.index
+    assert truth[(tmp_path / "a.jpg").resolve()] == Truth({index("dog"), index("cat")}, set())
+    # person is difficult on one row and a plain positive on another: a positive, as in VOC's own conversion
+    assert truth[(tmp_path / "b.jpg").resolve()] == Truth({index("cat"), index("person")}, set())
+    assert truth[(tmp_path / "c.jpg").resolve()] == Truth(set(), {index("bird")})
