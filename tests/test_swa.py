@@ -189,7 +189,7 @@ def test_unsafe_pickle_is_refused(tmp_path, checkpoints):
 def test_inputs_from_folders_and_globs(tmp_path, checkpoints):
     assert resolve_inputs([str(tmp_path)]) == sorted(checkpoints)
     assert resolve_inputs([str(tmp_path / "epoch[12].pt")]) == checkpoints[1:3]
-    with pytest.raises(RlError, match="missing.pt: no such file or folder"):
+    with pytest.raises(RlError, match=r"missing\.pt: no such file or folder"):
         resolve_inputs([str(tmp_path / "missing.pt")])
 
 
@@ -198,6 +198,21 @@ def test_weights_option_is_validated():
     for text, count in [("1,2", 3), ("a,b", 2), ("-1,2", 2), ("0,0", 2)]:
         with pytest.raises(UsageError):
             parse_weights(text, count)
+
+
+@pytest.mark.parametrize("text", ["1,inf", "1e308,1e308", "nan,1", "-inf,1"])
+def test_non_finite_weights_or_sum_are_a_usage_error(rl, tmp_path, checkpoints, text):
+    # 1e308 + 1e308 overflows a float64 (its largest value is about 1.8e308): the sum that divides is infinite.
+    assert float("1e308") + float("1e308") == float("inf")
+    with pytest.raises(UsageError, match="--weights"):
+        parse_weights(text, 2)
+    with pytest.raises(UsageError, match="--weights"):
+        merge_checkpoints(checkpoints[:2], tmp_path / "lib.pt", weights=[float(v) for v in text.split(",")])
+    result = rl("swa-merge", *map(str, checkpoints[:2]), "-o", str(tmp_path / "out.pt"), "--weights", text)
+    assert result.code == 2, result.stderr
+    assert result.stderr.startswith("error: ") and "--weights" in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert not (tmp_path / "out.pt").exists() and not (tmp_path / "lib.pt").exists()
 
 
 def write_images(folder, count: int, seed: int = 0):

@@ -9,6 +9,7 @@ recomputed in one pass, as ``torch.optim.swa_utils.update_bn`` does.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -84,9 +85,17 @@ def parse_weights(text: str | None, count: int) -> list[float] | None:
         raise UsageError(f"invalid --weights '{text}': expected numbers separated by commas") from None
     if len(values) != count:
         raise UsageError(f"--weights has {len(values)} values for {count} checkpoints")
-    if any(v < 0 or v != v for v in values) or sum(values) <= 0:
-        raise UsageError("--weights must be non-negative with a positive sum")
+    check_weights(values)
     return values
+
+
+def check_weights(values: list[float]) -> None:
+    """Every weight finite and non-negative, their sum positive and finite (it divides the sums: 1e308 + 1e308
+    overflows to inf, and the average would become zeros or NaN)."""
+    if not all(math.isfinite(v) for v in values) or not math.isfinite(sum(values)):
+        raise UsageError("--weights must be finite numbers with a finite sum")
+    if any(v < 0 for v in values) or sum(values) <= 0:
+        raise UsageError("--weights must be non-negative with a positive sum")
 
 
 def merge_checkpoints(
@@ -114,6 +123,7 @@ def merge_checkpoints(
     raw_weights = weights or [1.0] * len(inputs)
     if len(raw_weights) != len(inputs):
         raise UsageError(f"{len(raw_weights)} weights for {len(inputs)} checkpoints")
+    check_weights(raw_weights)
     _check_output(output, inputs, force=force, keep_structure=keep_structure)
     if bn_data is not None:
         bn_images = _bn_images(bn_data)
