@@ -73,7 +73,7 @@ class GPT2Config:
     n_inner: int | None = None  # MLP width; None = 4 * n_embd, the paper's
     activation_function: str = "gelu_new"  # the MLP's, a name in ACTIVATIONS; GPT-2's is tanh-approximated GELU
     scale_attn_weights: bool = True  # divide attention scores by sqrt(head width), as "Attention is all you need"
-    scale_attn_by_inverse_layer_idx: bool = False  # and by the 1-based layer number (Mistral's stability trick)
+    scale_attn_by_inverse_layer_idx: bool = False  # and by the 1-based layer number (Stanford CRFM's Mistral)
     reorder_and_upcast_attn: bool = False  # attention in float32 when the weights are float16/bfloat16
     tie_word_embeddings: bool = True  # the LM head is the token embedding, as in the released models
 
