@@ -212,3 +212,37 @@ def test_workers_keep_input_order(rl, shapes_checkpoint, test_images):
     assert result.code == 0, result.stderr
     paths = [json.loads(line)["path"] for line in result.stdout.splitlines()]
     assert paths == sorted(str(p) for p, _ in test_images)
+
+
+def photo_like(width: int, height: int, seed: int = 0) -> Image.Image:
+    """Smooth colour fields plus noise: JPEG-compressed, they decode like photographs."""
+    import numpy as np
+
+    generator = np.random.default_rng(seed)
+    small = Image.fromarray(generator.integers(0, 255, (height // 32, width // 32, 3), dtype=np.uint8))
+    pixels = np.asarray(small.resize((width, height), Image.BICUBIC), dtype=np.float64)
+    noisy = np.clip(pixels + generator.normal(0, 10, pixels.shape), 0, 255).astype(np.uint8)
+    return Image.fromarray(noisy)
+
+
+def test_default_decoding_is_exactly_torchvisions_on_a_large_jpeg(rl, tmp_path):
+    """A 2400x1800 camera-sized JPEG: by default rl's probabilities are weights.transforms()'s (the reduced-DCT
+    draft decode used to be the default and moved them by up to 6e-4); --draft is the opt-in fast path."""
+    import torchvision
+
+    torch.manual_seed(0)
+    reference = torchvision.models.resnet18().eval()
+    weights_file = tmp_path / "r18.pth"
+    torch.save(reference.state_dict(), weights_file)
+    photo = tmp_path / "photo.jpg"
+    photo_like(2400, 1800).save(photo, quality=92)
+    transform = torchvision.models.ResNet18_Weights.DEFAULT.transforms()
+    with torch.inference_mode():
+        expected = reference(transform(Image.open(photo).convert("RGB"))[None]).softmax(-1)[0].topk(5)
+    result, [line] = run_json(rl, str(photo), "-m", "resnet18", "-w", str(weights_file))
+    assert result.code == 0, result.stderr
+    assert [r["index"] for r in line["top_k"]] == expected.indices.tolist()
+    assert [r["probability"] for r in line["top_k"]] == pytest.approx(expected.values.tolist(), abs=1e-6)
+    _, [fast] = run_json(rl, str(photo), "-m", "resnet18", "-w", str(weights_file), "--draft")
+    moved = max(abs(a["probability"] - b["probability"]) for a, b in zip(fast["top_k"], line["top_k"], strict=True))
+    assert moved > 1e-6  # the fast path really decodes differently, so the default above was tested
