@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 
 import pytest
 import torch
@@ -141,3 +142,57 @@ def test_dropping_mapped_pages_keeps_the_data(tmp_path):
         float(tensor.sum())  # touch every page
         drop_mapped_pages(tensor)
     assert_same(loaded.state_dict, original)  # read again from the file
+
+
+@pytest.mark.parametrize(
+    "name, content",
+    [
+        ("notes.txt", b"epoch 3: loss 0.41\nepoch 4: loss 0.38\n"),
+        ("notes.pt", b"some text\nmore text\n"),
+        ("config.pth", b"# lr schedule\n1,2,3\n"),
+        ("empty.pt", b""),
+    ],
+)
+def test_a_file_that_is_not_a_checkpoint_says_so(tmp_path, name, content):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=re.escape(f"{name}: not a checkpoint")):
+        load_checkpoint(path)
+
+
+def test_text_given_as_a_checkpoint_is_one_error_line(rl, tmp_path):
+    from PIL import Image
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("epoch 3: loss 0.41\n")
+    (tmp_path / "notes2.txt").write_text("epoch 4: loss 0.38\nmore\n")
+    (tmp_path / "notes.pt").write_text("some text\nmore text\n")
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(tmp_path / "x.png")
+    runs = [
+        ("swa-merge", str(notes), str(tmp_path / "notes2.txt"), "-o", str(tmp_path / "x.pt")),
+        ("swa-merge", str(tmp_path / "notes.pt"), str(tmp_path / "notes.pt"), "-o", str(tmp_path / "y.pt")),
+        ("classify", str(tmp_path / "x.png"), "-w", str(tmp_path / "notes.pt"), "-m", "resnet18"),
+    ]
+    for args in runs:
+        result = rl(*args)
+        assert result.code == 1, (args, result.stderr)
+        assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+        assert "not a checkpoint" in result.stderr and "internal error" not in result.stderr
+    assert not (tmp_path / "x.pt").exists() and not (tmp_path / "y.pt").exists()
+
+
+@pytest.mark.parametrize("content", [b"\x80\x02h\x05.", b"\x80\x02some text\n"])
+def test_a_malformed_pickle_is_not_readable(tmp_path, content):
+    # A memo lookup of an unset slot (KeyError inside torch) and a pop from an empty stack (IndexError).
+    path = tmp_path / "broken.pt"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=r"broken\.pt: not a readable torch checkpoint"):
+        load_checkpoint(path)
+
+
+def test_legacy_torch_files_still_load(tmp_path, weights):
+    path = tmp_path / "legacy.pth"
+    torch.save({"state_dict": weights}, path, _use_new_zipfile_serialization=False)
+    loaded = load_checkpoint(path)
+    assert not loaded.memory_mapped  # only the zip format can be mapped
+    assert_same(loaded.state_dict, weights)

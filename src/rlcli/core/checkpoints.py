@@ -13,6 +13,7 @@ import functools
 import json
 import mmap
 import pickle
+import struct
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -135,7 +136,41 @@ def _load_safetensors(path: Path, dtype: torch.dtype | None = None) -> Checkpoin
     return Checkpoint(path=path, state_dict=strip_wrapper_prefixes(tensors), info=info)
 
 
+def _torch_file_kind(path: Path) -> str:
+    """'zip' (torch >= 1.6), 'pickle' (the legacy format) or 'tar' (torch < 0.4), from the first bytes; anything
+    else is not a torch file, and is refused before torch's unpickler meets it (a text file there raises
+    IndexError or KeyError, or reads as a refused pickle)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(512)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read it ({exc.strerror or exc})") from exc
+    if head.startswith(b"PK\x03\x04"):
+        return "zip"
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:  # pickle's PROTO opcode; torch.save uses 2
+        return "pickle"
+    if head[257:262] == b"ustar":
+        return "tar"
+    raise CheckpointError(
+        f"{path}: not a checkpoint ({_describe_content(head)}); rl reads torch files (.pt, .pth, .bin, .ckpt) "
+        f"and {SAFETENSORS_SUFFIX}"
+    )
+
+
+def _describe_content(head: bytes) -> str:
+    if not head:
+        return "the file is empty"
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 3:  # a character cut at the end of the sample is still text
+            return f"it starts with {head[:8]!r}"
+    return "it holds text"
+
+
 def _torch_load(path: Path, *, mmap: bool) -> tuple[Any, bool]:
+    # Only the zip format can be memory-mapped.
+    mmap = mmap and _torch_file_kind(path) == "zip"
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap), mmap
     except pickle.UnpicklingError as exc:
@@ -146,13 +181,11 @@ def _torch_load(path: Path, *, mmap: bool) -> tuple[Any, bool]:
                 f"loading it could run code. Re-save its state_dict, or convert it to safetensors"
             ) from exc
         raise CheckpointError(f"{path}: not a readable torch checkpoint ({reason})") from exc
-    except RuntimeError as exc:
-        if mmap and "mmap" in str(exc):
-            # Files in torch's legacy (pre-1.6, non-zip) format cannot be memory-mapped.
-            return _torch_load(path, mmap=False)
+    except (RuntimeError, OSError, EOFError, ValueError) as exc:
         raise CheckpointError(f"{path}: not a readable torch checkpoint ({_first_line(exc)})") from exc
-    except (OSError, EOFError, ValueError) as exc:
-        raise CheckpointError(f"{path}: not a readable torch checkpoint ({_first_line(exc)})") from exc
+    except (IndexError, KeyError, TypeError, struct.error) as exc:
+        # torch's weights-only unpickler meets a malformed pickle with whatever its stack or memo raises.
+        raise CheckpointError(f"{path}: not a readable torch checkpoint (malformed pickle data: {exc!r})") from exc
 
 
 def find_state_dict(
