@@ -376,10 +376,11 @@ def test_cli_too_many_samples_is_a_usage_error_before_allocating(rl, tiny_dir, m
     import rlcli.core.resources as resources
     import rlcli.tasks.generate as task
 
-    def no_cache(*args, **kwargs):
-        raise AssertionError("the KV cache was allocated")
+    def no_generation(*args, **kwargs):
+        # Fails the test without allocating: the loop's first lines would take a billion-row batch.
+        raise AssertionError("generation started")
 
-    monkeypatch.setattr(task, "KVCache", no_cache)
+    monkeypatch.setattr(task.Generator, "_loop", no_generation)
     result = rl("generate", "-m", str(tiny_dir), "--num-samples", "1000000000", "hi")
     assert result.code == 2
     assert result.stderr.startswith("error: --num-samples 1000000000") and result.stderr.count("\n") == 1
