@@ -140,7 +140,7 @@ def test_dropping_mapped_pages_keeps_the_data(tmp_path):
     assert loaded.memory_mapped
     for tensor in loaded.state_dict.values():
         float(tensor.sum())  # touch every page
-        drop_mapped_pages(tensor)
+        drop_mapped_pages(loaded, tensor)
     assert_same(loaded.state_dict, original)  # read again from the file
 
 
@@ -196,3 +196,23 @@ def test_legacy_torch_files_still_load(tmp_path, weights):
     loaded = load_checkpoint(path)
     assert not loaded.memory_mapped  # only the zip format can be mapped
     assert_same(loaded.state_dict, weights)
+
+
+def test_dropping_pages_never_touches_converted_copies(tmp_path):
+    from rlcli.core.checkpoints import drop_mapped_pages
+
+    torch.manual_seed(0)
+    original = {"w": torch.randn(512, 1024), "steps": torch.arange(300_000)}
+    path = tmp_path / "mixed.pt"
+    torch.save(original, path)
+    loaded = load_checkpoint(path, dtype=torch.float16)
+    assert loaded.state_dict["w"].dtype == torch.float16 and loaded.state_dict["steps"].dtype == torch.int64
+    reference = torch.load(path, weights_only=True)
+    # As swa-merge streams a checkpoint: read each tensor, then let its pages go.
+    dropped = {}
+    for name, tensor in loaded.state_dict.items():
+        float(tensor.sum())
+        dropped[name] = drop_mapped_pages(loaded, tensor)
+    assert dropped == {"w": False, "steps": True}  # the float16 copy is ordinary memory; the int64 is the file's
+    assert torch.equal(loaded.state_dict["w"], reference["w"].to(torch.float16))  # the copy is intact
+    assert torch.equal(loaded.state_dict["steps"], reference["steps"])  # read again from the file

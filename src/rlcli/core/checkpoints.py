@@ -67,7 +67,17 @@ class Checkpoint:
     info: CheckpointInfo | None = None
     container_key: str | None = None  # where the tensors were found, e.g. "state_dict_ema"; None at top level
     raw: Any = field(default=None, repr=False)  # the file's whole content, for writers that keep its structure
-    memory_mapped: bool = False  # tensors are views of the file, read from disk only when touched
+    # Storages (by address) that are views of the memory-mapped file, read from disk only when touched. Tensors
+    # converted on loading (``dtype=``) are copies in ordinary memory and are not among them.
+    file_backed: frozenset[int] = field(default=frozenset(), repr=False)
+
+    @property
+    def memory_mapped(self) -> bool:
+        """Some tensors are views of the file."""
+        return bool(self.file_backed)
+
+    def is_file_backed(self, tensor: torch.Tensor) -> bool:
+        return tensor.untyped_storage().data_ptr() in self.file_backed
 
 
 def load_checkpoint(
@@ -96,6 +106,8 @@ def load_checkpoint(
     if isinstance(raw, dict) and raw.get("format") == FORMAT_NAME:
         info = CheckpointInfo.from_mapping(raw)
     tensors, key = find_state_dict(raw, prefer_ema=prefer_ema, source=path)
+    # Recorded before any conversion: only the storages torch.load mapped are views of the file.
+    file_backed = frozenset(t.untyped_storage().data_ptr() for t in tensors.values() if t.numel()) if mapped else None
     if dtype is not None:
         tensors = {name: _convert(t, dtype) for name, t in tensors.items()}
     return Checkpoint(
@@ -104,7 +116,7 @@ def load_checkpoint(
         info=info,
         container_key=key,
         raw=raw,
-        memory_mapped=mapped,
+        file_backed=file_backed or frozenset(),
     )
 
 
@@ -321,25 +333,36 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def drop_mapped_pages(tensor: torch.Tensor) -> None:
+def drop_mapped_pages(checkpoint: Checkpoint, tensor: torch.Tensor) -> bool:
     """Tell the kernel this process is done with a memory-mapped tensor's pages (Linux ``MADV_DONTNEED``).
 
     The pages of a file mapping count towards the process's resident memory while they stay mapped, so streaming
     through a memory-mapped checkpoint would otherwise hold all of it. The file is only read, so the kernel can
-    drop the pages; a later read faults them in again from the file, most likely from the page cache. Only pages
-    wholly inside the tensor are dropped. Elsewhere than Linux this does nothing.
+    drop the pages; a later read faults them in again from the file, most likely from the page cache.
+
+    Only a tensor whose storage is a view of ``checkpoint``'s file is touched: on ordinary (anonymous) memory,
+    such as a tensor converted to another dtype on loading, ``MADV_DONTNEED`` would zero the data. Only pages
+    wholly inside both the tensor and its storage are dropped. Elsewhere than Linux this does nothing.
+
+    Returns:
+        whether pages were dropped.
     """
-    if not sys.platform.startswith("linux") or tensor.numel() == 0:
-        return
+    if not sys.platform.startswith("linux") or tensor.numel() == 0 or not checkpoint.is_file_backed(tensor):
+        return False
     libc = _libc()
     if libc is None:
-        return
+        return False
     page = mmap.PAGESIZE
+    storage = tensor.untyped_storage()
+    first = max(tensor.data_ptr(), storage.data_ptr())
+    last = min(tensor.data_ptr() + tensor.numel() * tensor.element_size(), storage.data_ptr() + storage.nbytes())
     # Whole pages inside the tensor only: a page shared with a neighbour is left alone, whatever that neighbour is.
-    start = -(-tensor.data_ptr() // page) * page
-    end = (tensor.data_ptr() + tensor.numel() * tensor.element_size()) // page * page
-    if end > start:
-        libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), _MADV_DONTNEED)
+    start = -(-first // page) * page
+    end = last // page * page
+    if end <= start:
+        return False
+    libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), _MADV_DONTNEED)
+    return True
 
 
 _MADV_DONTNEED = 4

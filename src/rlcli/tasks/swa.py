@@ -222,7 +222,7 @@ def _accumulate(
             if pending is not None:
                 pending.result()  # bound memory: the previous checkpoint is fully added before this one starts
             last = None  # and then let it go, mapped pages and all
-            pending = adder.submit(_add_into, sums, checkpoint.state_dict, weight, checkpoint.memory_mapped)
+            pending = adder.submit(_add_into, sums, checkpoint, weight)
             last = checkpoint
             report("averaging", index + 1, len(inputs))
         if pending is not None:
@@ -231,12 +231,11 @@ def _accumulate(
     return reference, sums, last
 
 
-def _add_into(sums: dict[str, torch.Tensor], state: dict[str, torch.Tensor], weight: float, mapped: bool) -> None:
+def _add_into(sums: dict[str, torch.Tensor], checkpoint: Checkpoint, weight: float) -> None:
     for name, total in sums.items():
         # add_ promotes each float32/16 tensor into the float64 sum without a temporary copy.
-        total.add_(state[name], alpha=weight)
-        if mapped:
-            drop_mapped_pages(state[name])  # so that a whole checkpoint is never resident at once
+        total.add_(checkpoint.state_dict[name], alpha=weight)
+        drop_mapped_pages(checkpoint, checkpoint.state_dict[name])  # so that a whole checkpoint is never resident
 
 
 def _compare_layouts(first: Path, reference: Layout, path: Path, layout: Layout) -> None:
