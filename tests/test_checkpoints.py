@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import re
@@ -11,7 +12,7 @@ import torch
 
 from rlcli.core.checkpoints import CheckpointInfo, load_checkpoint, load_into, save_checkpoint
 from rlcli.core.files import atomic_write
-from rlcli.errors import CheckpointError
+from rlcli.errors import CheckpointError, RlError
 from tiny_models import TinyNet
 
 
@@ -123,6 +124,39 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
         raise RuntimeError("disk on fire")
     assert target.read_bytes() == b"old"
     assert os.listdir(tmp_path) == ["out.pt"]
+
+
+@pytest.mark.parametrize("hard_links", [True, False])
+def test_publishing_without_overwrite_never_replaces_a_file(tmp_path, monkeypatch, hard_links):
+    from rlcli.core import files
+
+    if not hard_links:
+        # A file system without hard links (FAT, some FUSE mounts) answers link() with EPERM.
+        def no_links(source, target):
+            raise PermissionError(errno.EPERM, os.strerror(errno.EPERM))
+
+        monkeypatch.setattr(files.os, "link", no_links)
+    target = tmp_path / "out.bin"
+    with pytest.raises(RlError) as info, files.atomic_write(target, overwrite=False) as handle:
+        handle.write(b"mine")
+        target.write_bytes(b"theirs")  # someone else publishes first
+    assert str(info.value) == f"cannot write {target}: it exists (use --force to replace it)"
+    assert target.read_bytes() == b"theirs"
+    assert os.listdir(tmp_path) == ["out.bin"]
+
+    target.unlink()
+    with files.atomic_write(target, overwrite=False) as handle:
+        handle.write(b"mine")
+    assert target.read_bytes() == b"mine"
+    assert os.listdir(tmp_path) == ["out.bin"]
+    mode = os.stat(target).st_mode & 0o777
+    umask = os.umask(0)
+    os.umask(umask)
+    assert mode == 0o666 & ~umask  # a new file's usual permissions, not mkstemp's 0o600
+
+    with files.atomic_write(target) as handle:  # the default replaces, as before
+        handle.write(b"replaced")
+    assert target.read_bytes() == b"replaced"
 
 
 def test_unknown_extension_is_refused(tmp_path, weights):

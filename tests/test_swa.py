@@ -175,6 +175,29 @@ def test_refuses_to_overwrite_without_force(tmp_path, checkpoints):
     assert set(torch.load(existing, weights_only=True)) == set(random_state(0))
 
 
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_a_file_created_during_the_merge_is_not_replaced(tmp_path, checkpoints, suffix):
+    """Another process (a second merge to the same path) writes the output while this one averages: without
+    --force it keeps its file, and this run fails with the one message for an existing output."""
+    out = tmp_path / f"swa{suffix}"
+
+    def another_writer(stage, done, total):
+        if stage == "averaging" and done == total:
+            out.write_bytes(b"their result")
+
+    with pytest.raises(RlError) as info:
+        merge_checkpoints(checkpoints, out, progress=another_writer)
+    assert str(info.value) == f"cannot write {out}: it exists (use --force to replace it)"
+    assert out.read_bytes() == b"their result"
+    assert sorted(os.listdir(tmp_path)) == sorted([*(p.name for p in checkpoints), out.name])  # no temp left
+
+    out.unlink()
+    report = merge_checkpoints(checkpoints, out, progress=another_writer, force=True)
+    assert out.read_bytes() != b"their result"
+    assert report.sha256 == hashlib.sha256(out.read_bytes()).hexdigest()
+    assert sorted(os.listdir(tmp_path)) == sorted([*(p.name for p in checkpoints), out.name])
+
+
 def test_unsafe_pickle_is_refused(tmp_path, checkpoints):
     class Exploit:
         def __reduce__(self):

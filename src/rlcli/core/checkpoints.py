@@ -237,11 +237,18 @@ def strip_wrapper_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, tor
     return stripped
 
 
-def save_checkpoint(path: str | Path, state_dict: dict[str, torch.Tensor], info: CheckpointInfo | None = None) -> Path:
+def save_checkpoint(
+    path: str | Path,
+    state_dict: dict[str, torch.Tensor],
+    info: CheckpointInfo | None = None,
+    *,
+    overwrite: bool = True,
+) -> WrittenFile:
     """Write atomically: safetensors (``.safetensors``, info in its metadata) or a torch file (info in the dict).
 
     Tensors sharing storage (tied weights) are written once per name as independent copies for safetensors,
-    which forbids shared storage.
+    which forbids shared storage. ``overwrite=False`` never replaces a file that exists when the new one is
+    published (``atomic_path``).
     """
     path = Path(path)
     tensors = {name: t.detach().cpu().contiguous() for name, t in state_dict.items()}
@@ -249,7 +256,7 @@ def save_checkpoint(path: str | Path, state_dict: dict[str, torch.Tensor], info:
         from safetensors.torch import save_file
 
         metadata = {"rlcli": info.to_json()} if info else None
-        with atomic_path(path) as temp:
+        with atomic_path(path, overwrite=overwrite) as temp:
             save_file(_unshare(tensors), str(temp), metadata=metadata)
             digest = sha256_file(temp)
         return WrittenFile(path, path.stat().st_size, digest)
@@ -257,15 +264,15 @@ def save_checkpoint(path: str | Path, state_dict: dict[str, torch.Tensor], info:
         payload: dict[str, Any] = tensors
         if info:
             payload = {**json.loads(info.to_json()), "state_dict": tensors}
-        return save_torch_file(path, payload)
+        return save_torch_file(path, payload, overwrite=overwrite)
     raise CheckpointError(
         f"{path}: unknown checkpoint extension; use {SAFETENSORS_SUFFIX} or one of {', '.join(TORCH_SUFFIXES)}"
     )
 
 
-def save_torch_file(path: Path, payload: Any) -> WrittenFile:
+def save_torch_file(path: Path, payload: Any, *, overwrite: bool = True) -> WrittenFile:
     """``torch.save`` atomically, hashing the bytes on their way to disk."""
-    with atomic_write(path) as handle:
+    with atomic_write(path, overwrite=overwrite) as handle:
         writer = HashingWriter(handle)
         torch.save(payload, writer)
     return WrittenFile(path, writer.size, writer.digest.hexdigest())

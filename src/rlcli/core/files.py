@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import tempfile
@@ -12,6 +13,8 @@ from pathlib import Path
 from typing import IO
 
 from rlcli.errors import RlError
+
+EXISTS = "it exists (use --force to replace it)"  # the reason given for an output that is already there
 
 
 def cannot_write(path: str | os.PathLike[str], reason: str | BaseException) -> RlError:
@@ -29,7 +32,7 @@ def check_output_file(path: str | os.PathLike[str], *, force: bool = False) -> N
     if target.is_dir():
         raise cannot_write(target, "it is a folder")
     if target.exists() and not force:
-        raise cannot_write(target, "it exists (use --force to replace it)")
+        raise cannot_write(target, EXISTS)
     folder = target.parent if str(target.parent) else Path(".")
     if not folder.is_dir():
         raise cannot_write(target, f"no folder {folder}" if not folder.exists() else f"{folder} is not a folder")
@@ -70,33 +73,100 @@ def _default_mode(target: Path) -> int:
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO]:
-    """Open a temporary file beside ``path``; on success it replaces ``path`` in one rename, on error it vanishes.
+def atomic_write(path: str | os.PathLike[str], mode: str = "wb", *, overwrite: bool = True) -> Iterator[IO]:
+    """Open a temporary file beside ``path``; on success it becomes ``path`` in one step, on error it vanishes.
+    ``overwrite=False`` never replaces a file that exists by then (see ``atomic_path``).
 
     Example:
-        >>> with atomic_write("avg.pt") as f:
+        >>> with atomic_write("avg.pt", overwrite=False) as f:
         ...     torch.save(state, f)
     """
-    with atomic_path(path) as temp, open(temp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
-        yield handle
+    with atomic_path(path, overwrite=overwrite) as temp:
+        # Closed by hand below, not by `with`, so that a close that fails (the last flush) becomes cannot_write.
+        handle = open(temp, mode, **({} if "b" in mode else {"encoding": "utf-8"}))  # noqa: SIM115
+        try:
+            yield handle
+        except BaseException:
+            with contextlib.suppress(OSError):
+                handle.close()
+            raise
+        try:
+            handle.close()  # flushes the last buffered bytes, where a full disk often shows first
+        except OSError as exc:
+            raise cannot_write(path, exc) from exc
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike[str], *, overwrite: bool = True) -> Iterator[Path]:
     """A temporary file name beside ``path`` for writers that want a name (safetensors, Pillow); when the block
-    ends, its content is flushed to disk and renamed over ``path``; on error the temporary file is removed."""
+    ends, its content is flushed to disk and published as ``path``; on error the temporary file is removed.
+
+    ``overwrite=True`` renames over whatever is at ``path``. ``overwrite=False`` publishes only if nothing is
+    there at that moment, checked by the file system in the same step as the publishing, so that a file created
+    after any earlier check (another run writing the same output) is never replaced: RlError ``cannot write
+    OUT: it exists (use --force to replace it)``.
+    """
     target = Path(path)
-    fd, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent or ".")
+    try:
+        fd, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent or ".")
+    except OSError as exc:
+        raise cannot_write(target, exc) from exc
     os.close(fd)
     try:
         yield Path(temp_name)
-        with open(temp_name, "rb+") as written:
-            os.fsync(written.fileno())  # durable before it becomes visible under the real name
-        os.chmod(temp_name, _default_mode(target))
-        os.replace(temp_name, target)
+        try:
+            with open(temp_name, "rb+") as written:
+                os.fsync(written.fileno())  # durable before it becomes visible under the real name
+            os.chmod(temp_name, _default_mode(target))
+            if overwrite:
+                os.replace(temp_name, target)
+            else:
+                _publish_new(temp_name, target)
+        except OSError as exc:
+            raise cannot_write(target, exc) from exc
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp_name)
+        raise
+
+
+# link() errors that mean "this file system has no hard links", not "something is wrong with this file".
+_NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EMLINK, errno.EXDEV}
+
+
+def _publish_new(temp: str, target: Path) -> None:
+    """Give the complete file ``temp`` the name ``target`` unless ``target`` exists: link() fails with EEXIST
+    rather than replace anything, atomically, so of two runs writing one path exactly one succeeds."""
+    try:
+        os.link(temp, target)
+    except FileExistsError:
+        raise cannot_write(target, EXISTS) from None
+    except OSError as exc:
+        if exc.errno not in _NO_HARD_LINKS:
+            raise
+        _publish_by_claim(temp, target)
+    else:
+        os.unlink(temp)
+
+
+def _publish_by_claim(temp: str, target: Path) -> None:
+    """Where hard links are unsupported (FAT, some network and FUSE file systems): claim the name with
+    O_CREAT|O_EXCL, which fails if anything is there, then rename the complete file over that empty claim.
+    This still never replaces a file someone else made, and of two runs exactly one gets the name; what it gives
+    up is that for the moment between claim and rename, a reader can see an empty file under the name."""
+    try:
+        claim = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise cannot_write(target, EXISTS) from None
+    claimed = os.fstat(claim)
+    os.close(claim)
+    try:
+        os.replace(temp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            now = os.stat(target)
+            if (now.st_dev, now.st_ino) == (claimed.st_dev, claimed.st_ino):  # still our empty claim
+                os.unlink(target)
         raise
 
 

@@ -149,7 +149,7 @@ def merge_checkpoints(
             raise UsageError("--bn-data needs the architecture: pass --model, or merge rlcli checkpoints")
         result = _recompute_batchnorm(averaged, model, info, bn_images, bn_batch_size, report)
 
-    written = _write(output, averaged, info, structure, prefer_ema)
+    written = _write(output, averaged, info, structure, prefer_ema, overwrite=force)
     total = sum(raw_weights)
     return MergeReport(
         inputs=[str(p) for p in inputs],
@@ -338,12 +338,16 @@ def _write(
     info: CheckpointInfo | None,
     structure_from: Checkpoint | None,
     prefer_ema: bool,
+    *,
+    overwrite: bool,
 ) -> WrittenFile:
+    # Published only if the output is still free (unless --force): a file that appeared since the check before
+    # the work, such as another run's result, is never replaced.
     if structure_from is None or structure_from.raw is None or structure_from.container_key is None:
-        return save_checkpoint(output, state, info)
+        return save_checkpoint(output, state, info, overwrite=overwrite)
     # Keep the last input's nesting and its own key names (prefixes included); swap in the averaged tensors.
     original, key = find_state_dict(structure_from.raw, prefer_ema=prefer_ema)
     names = {stripped: name for name, stripped in zip(original, strip_wrapper_prefixes(original), strict=True)}
     payload = dict(structure_from.raw)
     payload[key] = {names[name]: tensor for name, tensor in state.items()}
-    return save_torch_file(output, payload)
+    return save_torch_file(output, payload, overwrite=overwrite)
