@@ -246,3 +246,138 @@ def test_default_decoding_is_exactly_torchvisions_on_a_large_jpeg(rl, tmp_path):
     _, [fast] = run_json(rl, str(photo), "-m", "resnet18", "-w", str(weights_file), "--draft")
     moved = max(abs(a["probability"] - b["probability"]) for a, b in zip(fast["top_k"], line["top_k"], strict=True))
     assert moved > 1e-6  # the fast path really decodes differently, so the default above was tested
+
+
+# --- every input problem is one line, and the rest of the work is done ----------------------------------------
+
+
+def test_a_huge_crop_is_refused_before_anything_is_decoded(rl, shapes_checkpoint, test_images):
+    """--crop 100000 used to grow a decoding worker to 24 GB until the OOM killer fired."""
+    image, weights = str(test_images[0][0]), str(shapes_checkpoint)
+    result = rl("classify", image, "-m", SHAPENET, "-w", weights, "--crop", "100000")
+    assert result.code == 2 and result.stderr.count("\n") == 1
+    assert "crop must be a whole number of pixels from 1 to 65536, not 100000" in result.stderr
+    result = rl("classify", image, "-m", SHAPENET, "-w", weights, "--crop", "60000", "-b", "8", "-j", "1")
+    assert result.code == 2 and result.stderr.count("\n") == 1
+    # 3 batches in flight (the one in use, 2 decoded ahead by the worker) of 8 x 3 x 60000^2 float32 pixels, and
+    # the worker's resized 8-bit picture: (3 * 8 * 3 * 4 + 3) * 60000^2 bytes = 975.7 GiB
+    assert result.stderr.startswith("error: resizing to 60000 and cropping 60000x60000 in batches of 8 with 1 ")
+    assert "needs at least 975.7 GiB of memory" in result.stderr
+
+
+def test_an_unreadable_sub_folder_is_reported_and_the_rest_classified(
+    rl, shapes_checkpoint, test_images, tmp_path, without_root_override
+):
+    import shutil
+
+    root = tmp_path / "photos"
+    (root / "locked").mkdir(parents=True)
+    for path, _ in test_images[:3]:
+        shutil.copy(path, root / path.name)
+    shutil.copy(test_images[3][0], root / "locked" / "hidden.png")
+    (root / "locked").chmod(0)
+    try:
+        result, lines = run_json(rl, str(root), "-m", SHAPENET, "-w", str(shapes_checkpoint))
+    finally:
+        (root / "locked").chmod(0o755)
+    assert result.code == 1
+    assert sorted(line["path"] for line in lines) == sorted(str(root / p.name) for p, _ in test_images[:3])
+    assert result.stderr == f"error: {root / 'locked'}: cannot read folder: Permission denied\n"
+
+
+@pytest.mark.parametrize("case", ["empty folder", "no images", "empty stdin"])
+def test_no_inputs_at_all_is_an_error(rl, shapes_checkpoint, tmp_path, monkeypatch, case):
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    argument = str(folder)
+    if case == "no images":
+        (folder / "notes.txt").write_text("no pictures here")
+    if case == "empty stdin":
+        monkeypatch.setattr(sys, "stdin", io.StringIO("\n\n"))
+        argument = "-"
+    result = rl("classify", argument, "-m", SHAPENET, "-w", str(shapes_checkpoint))
+    assert result.code == 1 and result.stdout == ""
+    expected = "no paths on standard input" if case == "empty stdin" else "no images in this folder"
+    assert result.stderr.startswith(f"error: {argument}: {expected}") and result.stderr.count("\n") == 1
+
+
+def test_a_crlf_path_list_is_read_as_paths(rl, shapes_checkpoint, test_images, monkeypatch):
+    paths = [str(p) for p, _ in test_images[:2]]
+    monkeypatch.setattr(sys, "stdin", io.StringIO("\r\n".join(paths) + "\r\n"))
+    result, lines = run_json(rl, "-", "-m", SHAPENET, "-w", str(shapes_checkpoint))
+    assert result.code == 0, result.stderr
+    assert [line["path"] for line in lines] == paths
+
+
+def test_a_model_whose_forward_fails_is_one_error_line(rl, tmp_path, test_images):
+    source = tmp_path / "badnet.py"
+    source.write_text(
+        "import torch\n"
+        "class Bad(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.fc = torch.nn.Linear(3, 2)\n"
+        "    def forward(self, x):\n"
+        "        raise ValueError('this model only works on Tuesdays')\n"
+        "class Quits(Bad):\n"
+        "    def forward(self, x):\n"
+        "        raise SystemExit(3)\n"
+    )
+    weights = tmp_path / "bad.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({"fc.weight": torch.zeros(2, 3), "fc.bias": torch.zeros(2)}, str(weights))
+    for name, reason in (("Bad", "ValueError: this model only works on Tuesdays"), ("Quits", "sys.exit(3)")):
+        result = rl("classify", str(test_images[0][0]), "-m", f"{source}:{name}", "-w", str(weights), "-j", "0")
+        assert result.code == 1, (name, result.stderr)
+        assert result.stderr.startswith(f"error: {source}:{name} failed on a batch of 1 images")
+        assert reason in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_a_user_module_calling_sys_exit_is_an_error_not_a_silent_exit(rl, tmp_path):
+    source = tmp_path / "script.py"
+    source.write_text("import sys\nsys.exit(0)\n")
+    result = rl("summary", f"{source}:Net")
+    assert result.code == 1
+    assert result.stderr == f"error: '{source}:Net' could not be imported: it called sys.exit(0)\n"
+
+
+@pytest.mark.parametrize(
+    ("stored", "reason"),
+    [
+        ({"resize": "big"}, "resize must be a whole number of pixels"),
+        ({"crop": 0}, "crop must be a whole number of pixels from 1 to 65536"),
+        ({"mean": [0.5, 0.5]}, "mean must be three finite numbers"),
+        ({"std": [0.0, 1.0, 1.0]}, "std must be positive"),
+        ({"interpolation": "magic"}, "interpolation must be one of"),
+        ({"rotate": 90}, "unknown setting 'rotate'"),
+        ([1, 2, 3], "expected a mapping of settings"),
+    ],
+)
+def test_bad_preprocessing_in_a_checkpoint_is_named(rl, tmp_path, test_images, stored, reason):
+    info = CheckpointInfo(arch="resnet18", extra={"preprocess": stored})
+    import torchvision
+
+    weights = save_checkpoint(tmp_path / "r.safetensors", torchvision.models.resnet18().state_dict(), info).path
+    result = rl("classify", str(test_images[0][0]), "-w", str(weights))
+    assert result.code == 1
+    assert result.stderr.startswith(f"error: {weights}: its stored preprocessing is invalid: {reason}")
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--mean", "nan,nan,nan", "every value must be a finite number"),
+        ("--mean", "0.5,inf,0.5", "every value must be a finite number"),
+        ("--std", "0,0,0", "std must be positive"),
+        ("--std", "1,-1,1", "std must be positive"),
+        ("--resize", "100000", "resize must be a whole number of pixels from 1 to 65536"),
+    ],
+)
+def test_absurd_preprocessing_options_are_usage_errors_up_front(
+    rl, shapes_checkpoint, test_images, option, value, message
+):
+    paths = [str(p) for p, _ in test_images[:3]]
+    result = rl("classify", *paths, "-m", SHAPENET, "-w", str(shapes_checkpoint), option, value)
+    assert result.code == 2 and result.stdout == ""
+    assert message in result.stderr and result.stderr.count("\n") == 1

@@ -89,7 +89,7 @@ class Preprocess:
 
     def problem(self) -> str | None:
         """What is wrong with these settings, in words, or None: every source of settings is checked the same way."""
-        for name in ("resize", "crop"):
+        for name in ("crop", "resize"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_SIDE:
                 return f"{name} must be a whole number of pixels from 1 to {MAX_SIDE}, not {value!r}"

@@ -124,5 +124,5 @@ def _bytes_in_flight(preprocess: Preprocess, options: RunOptions) -> int:
 def _describe_load(preprocess: Preprocess, options: RunOptions) -> str:
     return (
         f"resizing to {preprocess.resize} and cropping {preprocess.crop}x{preprocess.crop} in batches of "
-        f"{options.batch_size} with {options.workers} decoding workers"
+        f"{options.batch_size} with {options.workers} decoding worker{'' if options.workers == 1 else 's'}"
     )
