@@ -95,3 +95,27 @@ def test_cli_table_and_errors(rl):
     unreachable = rl("compare", "--macs", "1K", "--families", "resnet", "--no-time")
     assert unreachable.code == 1 and unreachable.stderr.startswith("error: cannot scale resnet")
     assert rl("compare", "--plot", "chart.jpg", "--no-time").code == 2
+
+
+def test_plot_target_is_checked_before_the_work(rl, tmp_path):
+    """--plot into a missing folder failed after the whole search and lost the table with it."""
+    missing = tmp_path / "no" / "such" / "chart.png"
+    result = rl("compare", "resnet18", "--no-time", "--plot", str(missing))
+    assert result.code == 1 and result.stdout == ""
+    assert result.stderr == f"error: cannot write {missing}: no folder {missing.parent}\n"
+    folder = tmp_path / "chart.png"
+    folder.mkdir()
+    result = rl("compare", "resnet18", "--no-time", "--plot", str(folder))
+    assert result.code == 1 and result.stderr == f"error: cannot write {folder}: it is a folder\n"
+
+
+def test_plot_into_a_read_only_folder_is_refused_up_front(rl, tmp_path, without_root_override):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        result = rl("compare", "resnet18", "--no-time", "--plot", str(locked / "chart.png"))
+    finally:
+        locked.chmod(0o755)
+    assert result.code == 1 and result.stdout == ""
+    assert result.stderr == f"error: cannot write {locked / 'chart.png'}: permission denied\n"

@@ -285,3 +285,45 @@ def test_labels_file_merges_repeated_images_and_reads_difficult_marks(tmp_path):
     # person is difficult on one row and a plain positive on another: a positive, as in VOC's own conversion
     assert truth[(tmp_path / "b.jpg").resolve()] == Truth({index("cat"), index("person")}, set())
     assert truth[(tmp_path / "c.jpg").resolve()] == Truth(set(), {index("bird")})
+
+
+def test_absurd_lambda_and_threshold_are_usage_errors(rl, csra_file, tmp_path):
+    Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
+    for option, value in (("--lam", "inf"), ("--lam", "nan"), ("--lam", "-1"), ("-t", "nan"), ("-t", "1.5")):
+        result = rl("multilabel", str(tmp_path / "a.png"), "-w", str(csra_file), option, value)
+        assert result.code == 2, (option, value, result.stderr)
+        assert result.stderr.count("\n") == 1 and result.stdout == ""
+
+
+def test_attention_map_folder_is_checked_up_front(rl, csra_file, tmp_path, without_root_override):
+    Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
+    a_file = tmp_path / "maps.png"
+    a_file.write_bytes(b"not a folder")
+    result = rl("multilabel", str(tmp_path / "a.png"), "-w", str(csra_file), "--cam", str(a_file))
+    assert result.code == 1 and result.stdout == ""
+    assert result.stderr == f"error: cannot write {a_file}: it is a file, not a folder\n"
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        result = rl("multilabel", str(tmp_path / "a.png"), "-w", str(csra_file), "--cam", str(locked / "maps"))
+    finally:
+        locked.chmod(0o755)
+    assert result.code == 1 and result.stderr == f"error: cannot write {locked / 'maps'}: permission denied\n"
+
+
+def test_a_map_that_cannot_be_written_is_that_images_problem(rl, csra_file, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("a", "b", "c"):
+        Image.new("RGB", (32, 32), (10, 200, 30)).save(images / f"{name}.png")
+    cam = tmp_path / "cam"
+    (cam / "b_00001.png").mkdir(parents=True)  # a folder where b's map should go
+    result = rl("multilabel", str(images), "-w", str(csra_file), "--cam", str(cam), "--resize", "32", "-j", "0")
+    assert result.code == 1
+    assert [line.split()[0] for line in result.stdout.splitlines()[1:]] == [str(images / f"{n}.png") for n in "abc"]
+    assert sorted(p.name for p in cam.glob("*.png") if p.is_file()) == ["a_00000.png", "c_00002.png"]
+    assert (
+        result.stderr.splitlines()[-1]
+        == f"error: {images / 'b.png'}: its attention map: cannot write {cam / 'b_00001.png'}: is a directory"
+    )

@@ -68,8 +68,12 @@ def compare_command(
     from rlcli.tasks.compare import Timing, compare
 
     fmt = choose_format(json_out, csv_out)
-    if plot is not None and plot.suffix.lower() != ".png":
-        raise typer.BadParameter("the chart is a PNG: give a file name ending in .png", param_hint="--plot")
+    if plot is not None:
+        from rlcli.core.files import check_output_file
+
+        if plot.suffix.lower() != ".png":
+            raise typer.BadParameter("the chart is a PNG: give a file name ending in .png", param_hint="--plot")
+        check_output_file(plot, force=True)  # before minutes of searching and timing, not after
     timing = None
     if not no_time:
         import torch
@@ -94,8 +98,6 @@ def compare_command(
             timing=timing,
             progress=report,
         )
-    if plot is not None:
-        write_plot(result, plot)
     if fmt.value == "json":
         print_json(result.to_dict())
     elif fmt.value == "csv":
@@ -103,6 +105,8 @@ def compare_command(
         print_csv(fields, [[_csv_cell(getattr(e, f)) for f in fields] for e in result.entries])
     else:
         print_table(COLUMNS, [row(e) for e in result.entries], title=title(result), footer=footer(result))
+    if plot is not None:
+        write_plot(result, plot)  # after the table: a chart that fails to write must not take the figures with it
 
 
 def _csv_cell(value):

@@ -91,11 +91,12 @@ def multilabel_command(
     from rlcli.core.inputs import expand_inputs
     from rlcli.errors import UsageError
     from rlcli.tasks.classify import PreprocessOverrides
-    from rlcli.tasks.multilabel import load_csra, read_labels, recognise
+    from rlcli.tasks.multilabel import check_selection, load_csra, read_labels, recognise
 
     fmt = choose_format(json_out, csv_out)
     if not images and labels is None:
         raise UsageError("give images, or --labels FILE to evaluate on the images it lists")
+    check_selection(threshold, top_k)
     overrides = PreprocessOverrides(resize, resize, parse_floats(mean, "--mean"), parse_floats(std, "--std"))
     clf, settings = load_csra(
         str(weights), model=model, lam=lam, classes=classes, device=device.value, dtype=dtype.value
@@ -143,12 +144,16 @@ def multilabel_command(
 
 def _write_map(result: LabelSet, folder: Path) -> bool:
     """One image's attention-map PNG; a failure is that image's problem, and the run goes on."""
+    from rlcli.errors import RlError
     from rlcli.tasks.multilabel import write_attention_png
 
     try:
         write_attention_png(result, folder)
     except OSError as exc:
         report_problem(result.path, f"cannot write its attention map: {exc.strerror or exc}")
+        return False
+    except RlError as exc:
+        report_problem(result.path, f"its attention map: {exc}")
         return False
     return True
 

@@ -173,6 +173,14 @@ class LabelSet:
     maps: torch.Tensor | None = field(repr=False, default=None)  # [classes, h, w] when attention maps were asked
 
 
+def check_selection(threshold: float, top_k: int | None) -> None:
+    """Usage errors for a label selection that cannot mean anything (checked before the model loads)."""
+    if not 0 <= threshold <= 1:  # also false for nan
+        raise UsageError(f"--threshold must be within [0, 1], not {threshold}")
+    if top_k is not None and top_k < 1:
+        raise UsageError("--top-k must be at least 1")
+
+
 def recognise(
     clf: Classifier,
     inputs: list[Input],
@@ -183,10 +191,7 @@ def recognise(
     options: RunOptions | None = None,
 ) -> Iterator[LabelSet | Problem]:
     """Labels whose sigmoid score is >= ``threshold`` (or the ``top_k`` best), best first, in input order."""
-    if not 0 <= threshold <= 1:
-        raise UsageError(f"--threshold must be within [0, 1], not {threshold}")
-    if top_k is not None and top_k < 1:
-        raise UsageError("--top-k must be at least 1")
+    check_selection(threshold, top_k)
     forward = clf.runner.model.forward_with_maps if with_maps else None
     for batch, outputs in forward_batches(clf.runner, inputs, options or RunOptions(), forward=forward):
         results: list[LabelSet | Problem] = list(batch.problems)
