@@ -198,6 +198,103 @@ def test_a_file_created_during_the_merge_is_not_replaced(tmp_path, checkpoints, 
     assert sorted(os.listdir(tmp_path)) == sorted([*(p.name for p in checkpoints), out.name])
 
 
+# `rl` in a child process whose disk is slow: each write of the output file sleeps first, so a signal sent once
+# the output has bytes arrives while torch.save is inside its write callback, which is where it used to be lost.
+SLOW_DISK_RL = """
+import sys, time
+from rlcli.core import files
+class SlowFile:
+    def __init__(self, handle):
+        self.handle = handle
+    def write(self, data):
+        time.sleep(0.05)
+        return self.handle.write(data)
+    def __getattr__(self, name):
+        return getattr(self.handle, name)
+init = files.HashingWriter.__init__
+files.HashingWriter.__init__ = lambda self, handle: init(self, SlowFile(handle))
+from rlcli.cli import main
+sys.argv = ["rl", *sys.argv[1:]]
+main()
+"""
+
+
+def wait_for_temp_file(folder, name, process, timeout=120.0):
+    """The hidden temporary output once it holds bytes (the write has begun)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()
+        for entry in folder.iterdir():
+            if entry.name.startswith(f".{name}.") and entry.name.endswith(".tmp") and entry.stat().st_size > 0:
+                return entry
+        time.sleep(0.01)
+    process.kill()
+    raise AssertionError("the output was never being written")
+
+
+@pytest.mark.parametrize("signal_name, code", [("SIGTERM", 143), ("SIGINT", 130)])
+def test_a_signal_while_writing_leaves_no_temporary_file(tmp_path, signal_name, code):
+    import signal
+    import subprocess
+    import sys
+
+    inputs = []
+    for seed in range(2):
+        torch.manual_seed(seed)
+        inputs.append(tmp_path / f"in{seed}.pt")
+        torch.save({f"w{i}": torch.randn(65536) for i in range(20)}, inputs[-1])
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    args = [sys.executable, "-c", SLOW_DISK_RL, "swa-merge", *map(str, inputs), "-o", str(out_dir / "swa.pt")]
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_temp_file(out_dir, "swa.pt", process)
+    process.send_signal(getattr(signal, signal_name))
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == code, stderr
+    assert "error" not in stderr, stderr
+    assert os.listdir(out_dir) == []  # neither the output nor the hidden temporary file
+
+
+def limited_file_size(limit: int):
+    """preexec_fn for a child whose files cannot grow past ``limit`` bytes: a real full-disk failure, as write(2)
+    answers EFBIG ('File too large') instead of killing the child with SIGXFSZ."""
+    import resource
+    import signal
+
+    def apply():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_a_full_disk_is_one_error_line(tmp_path, suffix):
+    import subprocess
+    import sys
+
+    inputs = []
+    for seed in range(2):
+        torch.manual_seed(seed)
+        inputs.append(tmp_path / f"in{seed}.pt")
+        torch.save({f"w{i}": torch.randn(65536) for i in range(4)}, inputs[-1])
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    out = out_dir / f"swa{suffix}"
+    result = subprocess.run(
+        [sys.executable, "-m", "rlcli", "swa-merge", *map(str, inputs), "-o", str(out)],
+        capture_output=True,
+        text=True,
+        preexec_fn=limited_file_size(100_000),
+        timeout=300,
+    )
+    assert result.returncode == 1, result.stderr
+    assert result.stderr == f"error: cannot write {out}: file too large\n"
+    assert os.listdir(out_dir) == []
+
+
 def test_unsafe_pickle_is_refused(tmp_path, checkpoints):
     class Exploit:
         def __reduce__(self):

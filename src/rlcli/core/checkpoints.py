@@ -12,7 +12,9 @@ import ctypes
 import functools
 import json
 import mmap
+import os
 import pickle
+import re
 import struct
 import sys
 from dataclasses import asdict, dataclass, field
@@ -22,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rlcli.core.files import HashingWriter, WrittenFile, atomic_path, atomic_write, sha256_file
+from rlcli.core.files import HashingWriter, WrittenFile, atomic_path, atomic_write, cannot_write, sha256_file
 from rlcli.errors import CheckpointError
 
 FORMAT_NAME = "rlcli-checkpoint"
@@ -253,11 +255,15 @@ def save_checkpoint(
     path = Path(path)
     tensors = {name: t.detach().cpu().contiguous() for name, t in state_dict.items()}
     if path.suffix == SAFETENSORS_SUFFIX:
+        from safetensors import SafetensorError
         from safetensors.torch import save_file
 
         metadata = {"rlcli": info.to_json()} if info else None
         with atomic_path(path, overwrite=overwrite) as temp:
-            save_file(_unshare(tensors), str(temp), metadata=metadata)
+            try:
+                save_file(_unshare(tensors), str(temp), metadata=metadata)
+            except SafetensorError as exc:
+                raise cannot_write(path, _os_error_of(exc)) from exc
             digest = sha256_file(temp)
         return WrittenFile(path, path.stat().st_size, digest)
     if path.suffix in TORCH_SUFFIXES:
@@ -274,8 +280,25 @@ def save_torch_file(path: Path, payload: Any, *, overwrite: bool = True) -> Writ
     """``torch.save`` atomically, hashing the bytes on their way to disk."""
     with atomic_write(path, overwrite=overwrite) as handle:
         writer = HashingWriter(handle)
-        torch.save(payload, writer)
+        try:
+            torch.save(payload, writer)
+        except RuntimeError as exc:
+            writer.reraise(path)  # torch.save hides the write's own exception behind "unexpected pos"
+            if exc.__context__ is not None and not isinstance(exc.__context__, Exception):
+                # A signal's exception (Ctrl-C, SIGTERM) raised as the callback was entered, before the writer
+                # could record it: torch.save's closing write failed while it was propagating.
+                raise exc.__context__ from None
+            raise
     return WrittenFile(path, writer.size, writer.digest.hexdigest())
+
+
+def _os_error_of(exc: Exception) -> OSError | str:
+    """safetensors reports a failed write as text ("I/O error: File too large (os error 27)"); the OSError."""
+    found = re.search(r"\(os error (\d+)\)", str(exc))
+    if found:
+        code = int(found.group(1))
+        return OSError(code, os.strerror(code))
+    return _first_line(exc)
 
 
 def _unshare(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

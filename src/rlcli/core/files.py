@@ -178,17 +178,36 @@ class WrittenFile:
 
 
 class HashingWriter:
-    """A write-only file wrapper that hashes what passes through, so a file need not be read back to hash it."""
+    """A write-only file wrapper that hashes what passes through, so a file need not be read back to hash it.
+
+    It also remembers the first exception a write raised (``error``): writers in C++ such as ``torch.save`` turn
+    an exception inside the Python write callback into a RuntimeError ("unexpected pos"), losing a full disk's
+    OSError, Ctrl-C's KeyboardInterrupt or SIGTERM's exception; ``reraise`` brings it back.
+    """
 
     def __init__(self, handle: IO[bytes]) -> None:
         self._handle = handle
         self.digest = hashlib.sha256()
         self.size = 0
+        self.error: BaseException | None = None
 
     def write(self, data: bytes) -> int:
+        try:
+            written = self._handle.write(data)
+        except BaseException as exc:
+            self.error = self.error or exc
+            raise
         self.digest.update(data)
         self.size += len(data)
-        return self._handle.write(data)
+        return written
+
+    def reraise(self, path: str | os.PathLike[str]) -> None:
+        """Raise what a write raised, if one did: an OSError as ``cannot write PATH: <reason>``, anything else
+        (KeyboardInterrupt, a signal's exception) as itself."""
+        if isinstance(self.error, OSError):
+            raise cannot_write(path, self.error) from self.error
+        if self.error is not None:
+            raise self.error
 
     def flush(self) -> None:
         self._handle.flush()
