@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 
 from conftest import check_golden
 
@@ -117,3 +118,23 @@ def test_debug_shows_the_traceback(rl):
     assert result.code == 1
     assert "Traceback" in result.stderr
     assert result.stderr.rstrip().endswith("did you mean swin_t, swin_s, swin_b?")
+
+
+def test_a_shared_module_is_shown_at_each_place(rl):
+    result = rl("summary", "tiny_models:SharedActivation", "-i", "3x2x4", "--json")
+    assert result.code == 0, result.stderr
+    layers = {layer["name"]: layer for layer in json.loads(result.stdout)["models"][0]["layers"]}
+    assert layers["a.1"]["shared"] and layers["b.1"]["shared"]
+    assert layers["a.1"]["calls"] == layers["b.1"]["calls"] == 1
+    table = rl("summary", "tiny_models:SharedActivation", "-i", "3x2x4").stdout
+    assert re.search(r"a\.1 +ReLU \(shared\)", table) and re.search(r"b\.1 +ReLU \(shared\)", table)
+
+
+def test_calls_are_shown(rl):
+    result = rl("summary", "tiny_models:Unrolled", "-i", "3x1x6", "--json")
+    assert result.code == 0, result.stderr
+    layers = {layer["name"]: layer for layer in json.loads(result.stdout)["models"][0]["layers"]}
+    assert layers["cell"]["calls"] == 3 and layers["cell"]["macs"] == 3 * 3 * 6 * 6
+    assert layers["heads"]["calls"] == 0  # a ModuleList never runs itself
+    table = rl("summary", "tiny_models:Unrolled", "-i", "3x1x6").stdout
+    assert "[1, 3, 1, 6] x3" in table

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from rlcli.core.flops import profile_forward
 from rlcli.core.meta import build_on_meta
 from rlcli.errors import ModelRunError
-from tiny_models import Attention, FixedInputNet, TinyNet
+from tiny_models import Attention, Cyclic, FixedInputNet, PassThrough, Recursive, SharedActivation, TinyNet, Unrolled
 
 
 def meta_input(*shape: int) -> tuple[torch.Tensor]:
@@ -58,12 +60,76 @@ def test_multihead_attention_fast_path_does_not_hide_work():
     assert torch.backends.mha.get_fastpath_enabled()  # restored afterwards
 
 
-def test_activation_bytes_sum_leaf_outputs():
+def test_activation_bytes_count_new_storage_of_module_outputs():
     net = build_on_meta(TinyNet)
     profile = profile_forward(net, meta_input(1, 3, 8, 8))
-    conv_out = relu_out = 8 * 8 * 8 * 4
-    pool_out, head_out = 8 * 4, 10 * 4
+    conv_out = relu_out = 8 * 8 * 8 * 4  # TinyNet's ReLU is not in place: a new tensor
+    pool_out, head_out = 8 * 4, 10 * 4  # flatten(1) between them is a view
     assert profile.activation_bytes == conv_out + relu_out + pool_out + head_out
+
+
+def test_in_place_results_views_and_passed_through_inputs_are_no_new_memory():
+    net = build_on_meta(PassThrough).eval()
+    profile = profile_forward(net, meta_input(3, 8))
+    assert profile.activation_bytes == 3 * 8 * 4  # the Linear's output, and nothing after it
+
+
+def test_resnet18_activation_bytes_equal_the_outputs_that_allocate():
+    import torchvision
+
+    net = build_on_meta(torchvision.models.resnet18).eval()
+    profile = profile_forward(net, meta_input(1, 3, 224, 224))
+    # Every ReLU is in place and `out += identity` too; flatten is a view. What allocates: conv and batch-norm
+    # outputs, the max pool, the average pool and the classifier.
+    stem = 2 * 64 * 112 * 112 + 64 * 56 * 56
+    layer1 = 2 * 4 * 64 * 56 * 56  # two blocks of conv1, bn1, conv2, bn2
+    layer2, layer3, layer4 = (10 * c * s * s for c, s in ((128, 28), (256, 14), (512, 7)))  # + downsample conv, bn
+    head = 512 + 1000
+    assert profile.activation_bytes == 4 * (stem + layer1 + layer2 + layer3 + layer4 + head)  # 19.7 MiB
+
+
+def by_name(profile):
+    return {record.name: record for record in profile.modules}
+
+
+def test_a_module_shared_by_two_parents_is_listed_at_each_place():
+    net = build_on_meta(SharedActivation)
+    profile = profile_forward(net, meta_input(2, 4))
+    rows = by_name(profile)
+    linear = 2 * 4 * 4
+    assert profile.total_macs == rows[""].macs == 2 * linear
+    assert rows["a"].macs == rows["b"].macs == linear
+    assert rows["a.1"].calls == rows["b.1"].calls == 1  # each call goes to the place whose parent was running
+    assert rows["a.1"].shared and rows["b.1"].shared and not rows["a.0"].shared
+    assert [r.name for r in profile.modules] == ["", "a", "a.0", "a.1", "b", "b.0", "b.1"]
+
+
+def test_a_re_entered_module_counts_each_operator_once():
+    net = build_on_meta(Recursive)  # three calls of the root, each applying one 10x10 Linear
+    profile = profile_forward(net, meta_input(1, 10))
+    rows = by_name(profile)
+    assert profile.total_macs == 3 * 10 * 10
+    assert rows[""].macs == 3 * 10 * 10  # not 600 (once per stack level)
+    assert rows[""].calls == 3
+    assert rows["lin"].macs == 3 * 10 * 10 and rows["lin"].calls == 3
+
+
+def test_calls_are_counted_and_uncalled_containers_get_their_childrens_work():
+    net = build_on_meta(Unrolled)
+    profile = profile_forward(net, meta_input(2, 6))
+    rows = by_name(profile)
+    assert rows["cell"].calls == 3 and rows["cell"].macs == 3 * 2 * 6 * 6
+    assert rows["heads"].calls == 0 and rows["heads"].macs == 2 * 6 * (2 + 3)
+    assert rows[""].macs == profile.total_macs == 3 * 2 * 6 * 6 + 2 * 6 * 5
+
+
+def test_a_cyclic_module_graph_terminates():
+    net = build_on_meta(Cyclic)
+    profile = profile_forward(net, meta_input(1, 4))
+    rows = by_name(profile)
+    assert profile.total_macs == rows[""].macs == 2 * 4 * 4
+    assert rows["inner.outer"].shared  # the root again, listed where it is registered, not expanded
+    assert not any(name.startswith("inner.outer.") for name in rows)
 
 
 def test_failure_names_the_innermost_layer_and_hooks_are_removed():
@@ -79,3 +145,138 @@ def test_meta_build_falls_back_for_constructors_that_read_tensors():
     net = build_on_meta(torchvision.models.regnet_y_400mf)
     assert all(p.device.type == "meta" for p in net.parameters())
     assert sum(p.numel() for p in net.parameters()) == 4_344_144
+
+
+# --- a property: randomly composed networks against MACs computed from their layer shapes ------------------------
+
+WIDTH, BATCH = 4, 3
+
+
+class MatmulStep(nn.Module):
+    """Functional work only: ``x @ W`` or the same product through einsum."""
+
+    def __init__(self, einsum: bool) -> None:
+        super().__init__()
+        self.einsum = einsum
+        self.weight = nn.Parameter(torch.empty(WIDTH, WIDTH))
+
+    def forward(self, x):
+        return torch.einsum("bi,ij->bj", x, self.weight) if self.einsum else x @ self.weight
+
+
+class ConvStep(nn.Module):
+    """A Conv1d over the features as a sequence of length WIDTH (odd kernel, same padding)."""
+
+    def __init__(self, kernel: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(1, 1, kernel, padding=kernel // 2, bias=False)
+
+    def forward(self, x):
+        return self.conv(x.unsqueeze(1)).squeeze(1)
+
+
+class RecurseStep(nn.Module):
+    """Applies ``inner`` and calls itself ``times`` more times: a module re-entered while it runs."""
+
+    def __init__(self, inner: nn.Module, times: int) -> None:
+        super().__init__()
+        self.inner, self.times = inner, times
+
+    def forward(self, x, remaining=None):
+        remaining = self.times if remaining is None else remaining
+        x = self.inner(x)
+        return x if remaining == 0 else self(x, remaining - 1)
+
+
+class Steps(nn.Module):
+    def __init__(self, steps: list[nn.Module]) -> None:
+        super().__init__()
+        self.steps = nn.ModuleList(steps)  # a container that never runs itself
+
+    def forward(self, x):
+        for step in self.steps:
+            x = torch.relu(step(x))
+        return x
+
+
+def _compose(choices):
+    """Build a network from drawn choices; returns it, MACs of one call per module, and each module's sub-calls."""
+    cost: dict[int, int] = {}
+    inner_calls: dict[int, list[tuple[nn.Module, int]]] = {}
+    pool: list[nn.Module] = []
+
+    def add(module, macs, calls=()):
+        cost[id(module)], inner_calls[id(module)] = macs, list(calls)
+        pool.append(module)
+        return module
+
+    steps = []
+    for kind, number, flag in choices:
+        if kind == "linear":
+            module = add(nn.Linear(WIDTH, WIDTH, bias=flag), BATCH * WIDTH * WIDTH)
+        elif kind == "matmul":
+            module = add(MatmulStep(einsum=flag), BATCH * WIDTH * WIDTH)
+        elif kind == "conv":
+            kernel = 2 * (number % 2) + 1
+            step = ConvStep(kernel)
+            cost[id(step.conv)], inner_calls[id(step.conv)] = BATCH * WIDTH * kernel, []
+            module = add(step, BATCH * WIDTH * kernel, [(step.conv, 1)])
+        elif kind == "relu":
+            module = add(nn.ReLU(), 0)
+        elif kind == "reuse" and pool:
+            module = pool[number % len(pool)]  # registered again: shared
+        elif kind == "sequential" and pool:
+            first, second = pool[number % len(pool)], nn.Linear(WIDTH, WIDTH, bias=flag)
+            add(second, BATCH * WIDTH * WIDTH)
+            module = add(nn.Sequential(first, second), cost[id(first)] + cost[id(second)], [(first, 1), (second, 1)])
+        elif kind == "recurse" and pool:
+            inner, times = pool[number % len(pool)], number % 3
+            module = add(RecurseStep(inner, times), (times + 1) * cost[id(inner)], [(inner, times + 1)])
+        else:
+            continue
+        steps.append(module)
+    return Steps(steps), cost, inner_calls
+
+
+def _work_per_module(net, cost, inner_calls):
+    """MACs each module object runs in one forward pass (a re-entered module's nested calls count once)."""
+    work: dict[int, int] = {}
+
+    def run(module, times):
+        work[id(module)] = work.get(id(module), 0) + times * cost[id(module)]
+        for inner, per_call in inner_calls[id(module)]:
+            run(inner, times * per_call)
+
+    for step in net.steps:
+        run(step, 1)
+    return work
+
+
+@settings(derandomize=True, deadline=None, max_examples=60)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["linear", "matmul", "conv", "relu", "reuse", "sequential", "recurse"]),
+            st.integers(0, 20),
+            st.booleans(),
+        ),
+        min_size=1,
+        max_size=8,
+    )
+)
+def test_macs_of_random_networks_equal_the_analytic_count(choices):
+    with torch.device("meta"):
+        net, cost, inner_calls = _compose(choices)
+    profile = profile_forward(net, meta_input(BATCH, WIDTH))
+    expected = sum(cost[id(step)] for step in net.steps)
+    rows = {record.name: record for record in profile.modules}
+    assert profile.total_macs == expected
+    assert rows[""].macs == expected
+    assert all(record.macs <= expected for record in profile.modules)
+    # Each module's calls land at one of its places: over its places, its rows hold exactly its own work.
+    by_module: dict[int, int] = {}
+    for name, record in rows.items():
+        module = net.get_submodule(name)
+        by_module[id(module)] = by_module.get(id(module), 0) + record.macs
+    for key, work in _work_per_module(net, cost, inner_calls).items():
+        assert by_module[key] == work

@@ -108,3 +108,20 @@ def test_bad_input_sizes():
 def test_a_model_that_fails_at_the_input_names_the_layer():
     with pytest.raises(ModelRunError, match=r"at input 1x3x9x9: .*layer 'classifier' \(Linear\)"):
         summarize("tiny_models:FixedInputNet", input_size="3x9x9")
+
+
+def test_rows_with_shared_modules_count_each_parameter_once():
+    twice = summarize("tiny_models:Twice", input_size="3x1x4")
+    linear = 4 * 4 + 4
+    assert twice.params == linear
+    rows = {layer.name: layer for layer in twice.layers}
+    assert rows[""].params == rows["body"].params == rows["body.0"].params == rows["body.1"].params == linear
+    assert twice.macs == 2 * 3 * 4 * 4
+    assert rows["body.0"].calls + rows["body.1"].calls == 2
+
+
+def test_a_cyclic_module_graph_is_summarised():
+    cyclic = summarize("tiny_models:Cyclic", input_size="3x1x4", depth=None)
+    assert cyclic.params == 2 * (4 * 4 + 4)
+    assert [layer.name for layer in cyclic.layers] == ["", "lin", "inner", "inner.0", "inner.outer"]
+    assert cyclic.macs == 2 * 3 * 4 * 4

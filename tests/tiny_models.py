@@ -84,3 +84,87 @@ class ShapeNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x).flatten(1))
+
+
+# --- module graphs that are not trees: shared, re-entered and cyclic modules ------------------------------------
+
+
+class SharedActivation(nn.Module):
+    """One ReLU object registered in two Sequentials (a.1 and b.1), as model code often does."""
+
+    def __init__(self, width: int = 4) -> None:
+        super().__init__()
+        act = nn.ReLU()
+        self.a = nn.Sequential(nn.Linear(width, width), act)
+        self.b = nn.Sequential(nn.Linear(width, width), act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(self.a(x))
+
+
+class Recursive(nn.Module):
+    """Calls itself ``times`` more times; each call applies the same Linear once."""
+
+    def __init__(self, width: int = 10, times: int = 2) -> None:
+        super().__init__()
+        self.times = times
+        self.lin = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor, remaining: int | None = None) -> torch.Tensor:
+        remaining = self.times if remaining is None else remaining
+        x = self.lin(x)
+        return x if remaining == 0 else self(x, remaining - 1)
+
+
+class Unrolled(nn.Module):
+    """One Linear applied three times, and a ModuleList that is never called itself."""
+
+    def __init__(self, width: int = 6) -> None:
+        super().__init__()
+        self.cell = nn.Linear(width, width)
+        self.heads = nn.ModuleList([nn.Linear(width, 2), nn.Linear(width, 3)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for _ in range(3):
+            x = self.cell(x)
+        return torch.cat([head(x) for head in self.heads], dim=-1)
+
+
+class Cyclic(nn.Module):
+    """A module registered as its own descendant (inner.outer is the root again)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.inner = nn.Sequential(nn.Linear(4, 4))
+        self.inner.add_module("outer", self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner[0](self.lin(x))
+
+
+class PassThrough(nn.Module):
+    """Outputs that are no new memory: Identity, Dropout in eval, an in-place ReLU, a view."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(8, 8)
+        self.identity = nn.Identity()
+        self.dropout = nn.Dropout(0.5)
+        self.act = nn.ReLU(inplace=True)
+        self.flatten = nn.Flatten(0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.flatten(self.act(self.dropout(self.identity(self.lin(x)))))
+
+
+class Twice(nn.Module):
+    """One Linear registered twice in the same Sequential: applied twice, its weights held once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        lin = nn.Linear(4, 4)
+        self.body = nn.Sequential(lin, lin)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)

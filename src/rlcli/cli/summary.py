@@ -116,7 +116,7 @@ def layer_rows(summary: ModelSummary) -> list[list[str]]:
     for layer in summary.layers:
         label = summary.model if layer.depth == 0 else "  " * layer.depth + layer.name
         share = f"{100 * layer.macs / summary.macs:.1f}%" if summary.macs else "-"
-        rows.append([label, layer.type, _shape(layer.output_shape), thousands(layer.params), si(layer.macs), share])
+        rows.append([label, _type(layer), _calls(layer), thousands(layer.params), si(layer.macs), share])
     return rows
 
 
@@ -130,9 +130,10 @@ def footer(summary: ModelSummary) -> list[str]:
         f"Weights: {size_bytes(weights)} ({dtypes}); buffers {size_bytes(summary.buffer_bytes)}",
         f"MACs: {thousands(summary.macs)} ({si(summary.macs)}); FLOPs: {thousands(summary.flops)} "
         f"({si(summary.flops)}), FLOPs = 2 x MACs",
-        f"Activations: {size_bytes(summary.activation_bytes)} (outputs of every leaf module in one forward pass)",
+        f"Activations: {size_bytes(summary.activation_bytes)} ({summary.activation_definition})",
         *_per_token(summary),
         f"Counted by {summary.counter} on {where}. Params and MACs of a row include its submodules.",
+        *_table_marks(summary),
         f"Convention: {summary.convention}.",
     ]
     if summary.uncounted_ops:
@@ -147,6 +148,19 @@ def _per_token(summary: ModelSummary) -> list[str]:
         f"MACs per token: {thousands(summary.macs_per_token)} ({si(summary.macs_per_token)}) at sequence length "
         f"{summary.tokens}, full forward pass (attention grows with length; `--input-size N` sets it)"
     ]
+
+
+def _table_marks(summary: ModelSummary) -> list[str]:
+    """What the marks in the table mean, for the marks it shows."""
+    lines = []
+    if any(layer.calls > 1 for layer in summary.layers):
+        lines.append("Output shape xN: called N times (the shape is the first call's; MACs are all calls').")
+    if any(layer.shared for layer in summary.layers):
+        lines.append(
+            "(shared): one module registered at several places; each call is listed where its parent was running, "
+            "and its params count once in the totals."
+        )
+    return lines
 
 
 def comparison_rows(summaries: list[ModelSummary]) -> list[list[str]]:
@@ -165,9 +179,19 @@ def comparison_rows(summaries: list[ModelSummary]) -> list[list[str]]:
 
 
 def layer_csv(summaries: list[ModelSummary]) -> tuple[list[str], list[list[object]]]:
-    header = ["model", "layer", "type", "depth", "output_shape", "params", "macs"]
+    header = ["model", "layer", "type", "depth", "output_shape", "calls", "shared", "params", "macs"]
     rows = [
-        [s.model, layer.name, layer.type, layer.depth, _shape(layer.output_shape), layer.params, layer.macs]
+        [
+            s.model,
+            layer.name,
+            layer.type,
+            layer.depth,
+            _shape(layer.output_shape),
+            layer.calls,
+            layer.shared,
+            layer.params,
+            layer.macs,
+        ]
         for s in summaries
         for layer in s.layers
     ]
@@ -176,6 +200,15 @@ def layer_csv(summaries: list[ModelSummary]) -> tuple[list[str], list[list[objec
 
 def _input(summary: ModelSummary) -> str:
     return "x".join(str(d) for d in (summary.batch_size, *summary.input_size))
+
+
+def _type(layer) -> str:
+    return f"{layer.type} (shared)" if layer.shared else layer.type
+
+
+def _calls(layer) -> str:
+    shape = _shape(layer.output_shape)
+    return f"{shape} x{layer.calls}" if layer.calls > 1 else shape
 
 
 def _shape(shapes: list[list[int]]) -> str:

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
+from torch.multiprocessing.reductions import StorageWeakRef
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
@@ -33,9 +36,23 @@ CONVENTION = (
 _METADATA_OPS = {torch.ops.prim.device.default}
 
 
+#: What "activations" means in every figure rl prints: memory that one forward pass allocates for module outputs.
+ACTIVATION_DEFINITION = (
+    "memory newly allocated for module outputs: each storage not already held (input, weights, an earlier output) "
+    "counts once; in-place results, views and passed-through inputs add nothing"
+)
+
+# Beyond this many rows, a module already listed elsewhere is not expanded again (sharing can multiply paths).
+_MAX_PLACES = 10_000
+
+
 @dataclass
 class ModuleRecord:
-    """What one module did in the forward pass. MACs include its submodules' work."""
+    """What one module did in the forward pass, at one place it is registered. MACs include its submodules' work.
+
+    A module registered under several parents (``shared``) has one record per place; each call goes to the place
+    whose parent was running. ``output_shapes`` are those of the first call; ``calls`` counts them all.
+    """
 
     name: str
     type: str
@@ -46,24 +63,50 @@ class ModuleRecord:
     calls: int = 0
     is_leaf: bool = True
     first_call: int = -1
+    shared: bool = False
 
 
 @dataclass
 class ForwardProfile:
-    """Per-module records in the order modules were first called, and the totals of the pass."""
+    """Per-module records in tree order (siblings in the order they first ran), and the totals of the pass."""
 
     modules: list[ModuleRecord]
     total_macs: int
     activation_bytes: int
 
 
+@dataclass(eq=False)
+class _Place:
+    """One path from the root to a module: the rows of the table. ``lineage`` is the place and its ancestors."""
+
+    record: ModuleRecord
+    module: nn.Module
+    parent: _Place | None
+    children: list[_Place] = field(default_factory=list)
+    lineage: tuple[_Place, ...] = ()
+    subtree_macs: int = 0
+
+
 class _MacCounter(TorchDispatchMode):
-    """Adds the MACs of each counted operator to every module on the call stack."""
+    """Adds the MACs of each counted operator once to every place running it, however often it is on the stack."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.stack: list[ModuleRecord] = []
+        self.stack: list[_Place] = []
         self.total_macs = 0
+        self._targets: tuple[list[ModuleRecord], list[_Place]] | None = None
+
+    def push(self, place: _Place) -> None:
+        self.stack.append(place)
+        self._targets = None
+
+    def pop(self, module: nn.Module) -> None:
+        # A call that raised inside a caller's try/except never popped itself: unwind to this module's entry.
+        while self.stack:
+            place = self.stack.pop()
+            if place.module is module:
+                break
+        self._targets = None
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -77,15 +120,51 @@ class _MacCounter(TorchDispatchMode):
         out = func(*args, **kwargs)
         if packet in flop_registry:
             # torch's formulas count FLOPs as 2 per multiply-accumulate.
-            macs = int(flop_registry[packet](*args, **kwargs, out_val=out)) // 2
-            self.total_macs += macs
-            for record in self.stack:
-                record.macs += macs
+            self._add(int(flop_registry[packet](*args, **kwargs, out_val=out)) // 2)
         return out
+
+    def _add(self, macs: int) -> None:
+        self.total_macs += macs
+        if self._targets is None:
+            running = list({id(p): p for p in self.stack}.values())
+            within = list({id(a): a for p in running for a in p.lineage}.values())
+            self._targets = ([p.record for p in running], within)
+        records, within = self._targets
+        for record in records:
+            record.macs += macs
+        for place in within:
+            place.subtree_macs += macs
+
+
+class _NewMemory:
+    """Bytes of storage not seen before. Weak references pin each storage's identity (not its memory) for the
+    pass, so a freed storage's address cannot come back as a "new" one that is in fact the old one, or vice versa.
+    """
+
+    def __init__(self, already_held: list[torch.Tensor]) -> None:
+        self._seen: dict[int, StorageWeakRef] = {}
+        self.total = 0
+        for tensor in already_held:
+            self.new_bytes(tensor)
+        self.total = 0
+
+    def new_bytes(self, tensor: torch.Tensor) -> int:
+        try:
+            storage = tensor.untyped_storage()
+        except (RuntimeError, NotImplementedError, TypeError):  # sparse, nested: no single storage to follow
+            size = tensor.numel() * tensor.element_size()
+            self.total += size
+            return size
+        ref = StorageWeakRef(storage)
+        if ref.cdata in self._seen:
+            return 0
+        self._seen[ref.cdata] = ref
+        self.total += storage.nbytes()
+        return storage.nbytes()
 
 
 def profile_forward(model: nn.Module, inputs: tuple[Any, ...] | dict[str, Any]) -> ForwardProfile:
-    """Run one forward pass and record MACs and output shapes per module.
+    """Run one forward pass and record MACs, calls, output shapes and new output memory per module.
 
     Args:
         model: the model, typically on the meta device.
@@ -101,8 +180,10 @@ def profile_forward(model: nn.Module, inputs: tuple[Any, ...] | dict[str, Any]) 
         1814073344
     """
     counter = _MacCounter()
-    records = {name: _new_record(name, module) for name, module in model.named_modules()}
-    with _module_hooks(model, records, counter), _no_hidden_fast_paths(), counter, torch.inference_mode():
+    root, places = _module_places(model)
+    given = tree_flatten(inputs)[0]
+    memory = _NewMemory([*model.parameters(), *model.buffers(), *(t for t in given if isinstance(t, torch.Tensor))])
+    with _module_hooks(places, counter, memory), _no_hidden_fast_paths(), counter, torch.inference_mode():
         try:
             if isinstance(inputs, dict):
                 model(**inputs)
@@ -110,69 +191,123 @@ def profile_forward(model: nn.Module, inputs: tuple[Any, ...] | dict[str, Any]) 
                 model(*inputs)
         except Exception as exc:
             raise ModelRunError(_describe_failure(counter.stack, exc)) from exc
-    _fill_uncalled_containers(model, records)
-    called = [r for r in records.values() if r.calls or r.macs]
-    called.sort(key=lambda r: (r.first_call, r.depth))
-    activation = sum(r.output_bytes for r in called if r.is_leaf)
-    return ForwardProfile(modules=called, total_macs=counter.total_macs, activation_bytes=activation)
+    _fill_uncalled(root)
+    rows = _shown_rows(root, places)
+    return ForwardProfile(modules=rows, total_macs=counter.total_macs, activation_bytes=memory.total)
 
 
-def _fill_uncalled_containers(model: nn.Module, records: dict[str, ModuleRecord]) -> None:
-    """Give containers that never run themselves (a ModuleList, a namespace module) their children's work.
+def _module_places(model: nn.Module) -> tuple[_Place, dict[int, list[_Place]]]:
+    """Every place a module is registered at (all paths from the root), and the places of each module object.
 
-    Such a container is listed just before its first descendant that ran, with the MACs of its subtree.
+    A module found again on its own path (a cycle) is listed there but not expanded; past ``_MAX_PLACES`` rows, a
+    module already expanded at another place is not expanded again.
     """
+    registrations = Counter(id(child) for m in model.modules() for child in m._modules.values() if child is not None)
+    registrations[id(model)] += 1
+    places: dict[int, list[_Place]] = {}
+    expanded: set[int] = set()
+    count = 0
 
-    def visit(prefix: str, module: nn.Module) -> tuple[int, int]:
-        record = records[prefix]
-        subtree = [visit(f"{prefix}.{name}" if prefix else name, child) for name, child in module.named_children()]
-        if record.calls:
-            return record.macs, record.first_call
-        ran = [(macs, first) for macs, first in subtree if first >= 0]
-        if ran:
-            record.macs = sum(macs for macs, _ in ran)
-            record.first_call = min(first for _, first in ran)
-            record.calls = 0
-        return record.macs, record.first_call
+    def visit(name: str, module: nn.Module, parent: _Place | None, path: frozenset[int]) -> _Place:
+        nonlocal count
+        count += 1
+        depth = 0 if parent is None else parent.record.depth + 1
+        record = ModuleRecord(
+            name=name,
+            type=type(module).__name__,
+            depth=depth,
+            is_leaf=not any(child is not None for child in module._modules.values()),
+            shared=registrations[id(module)] > 1,
+        )
+        place = _Place(record=record, module=module, parent=parent)
+        place.lineage = (place, *(parent.lineage if parent else ()))
+        places.setdefault(id(module), []).append(place)
+        if id(module) in path or (count > _MAX_PLACES and id(module) in expanded):
+            return place
+        expanded.add(id(module))
+        inner = path | {id(module)}
+        for child_name, child in module._modules.items():
+            if child is not None:
+                place.children.append(visit(f"{name}.{child_name}" if name else child_name, child, place, inner))
+        return place
 
-    visit("", model)
+    root = visit("", model, None, frozenset())
+    return root, places
 
 
-def _new_record(name: str, module: nn.Module) -> ModuleRecord:
-    depth = 0 if name == "" else name.count(".") + 1
-    is_leaf = next(module.children(), None) is None
-    return ModuleRecord(name=name, type=type(module).__name__, depth=depth, is_leaf=is_leaf)
+def _fill_uncalled(place: _Place) -> None:
+    """Give a place that never ran itself (a ModuleList, a namespace module) the work of its descendants that ran.
+
+    It is listed where its first descendant ran, with the MACs that ran inside any of them, counted once.
+    """
+    for child in place.children:
+        _fill_uncalled(child)
+    record = place.record
+    if record.calls:
+        return
+    firsts = [child.record.first_call for child in place.children if child.record.first_call >= 0]
+    if firsts:
+        record.first_call = min(firsts)
+        record.macs = place.subtree_macs
+
+
+def _shown_rows(root: _Place, places: dict[int, list[_Place]]) -> list[ModuleRecord]:
+    """The places that ran (or hold something that ran), and every place of a shared module that ran anywhere,
+    in tree order with siblings in the order they first ran."""
+    ran = {key for key, group in places.items() if any(p.record.calls for p in group)}
+    rows: list[ModuleRecord] = []
+
+    def visit(place: _Place) -> None:
+        rows.append(place.record)
+        shown = [
+            child
+            for child in place.children
+            if child.record.first_call >= 0 or (child.record.shared and id(child.module) in ran)
+        ]
+        for child in sorted(shown, key=lambda c: c.record.first_call if c.record.first_call >= 0 else math.inf):
+            visit(child)
+
+    visit(root)
+    return rows
+
+
+def _choose_place(group: list[_Place], stack: list[_Place]) -> _Place:
+    """The place whose parent is running (the innermost such parent), else the first place."""
+    if len(group) == 1:
+        return group[0]
+    level = {id(place): index for index, place in enumerate(stack)}
+    candidates = [(level[id(p.parent)], -order, p) for order, p in enumerate(group) if id(p.parent) in level]
+    return max(candidates, key=lambda c: c[:2])[2] if candidates else group[0]
 
 
 @contextlib.contextmanager
-def _module_hooks(model: nn.Module, records: dict[str, ModuleRecord], counter: _MacCounter) -> Iterator[None]:
-    """Keep the stack of running modules and capture each one's outputs; hooks are removed in any case."""
+def _module_hooks(places: dict[int, list[_Place]], counter: _MacCounter, memory: _NewMemory) -> Iterator[None]:
+    """Keep the stack of running places and capture each one's outputs; hooks are removed in any case."""
     order = itertools.count()
     handles = []
 
-    def pre_hook(record: ModuleRecord):
-        def hook(module, args):
-            if not record.calls:
-                record.first_call = next(order)
-            record.calls += 1
-            counter.stack.append(record)
+    def pre_hook(module, args):
+        place = _choose_place(places[id(module)], counter.stack)
+        record = place.record
+        if not record.calls:
+            record.first_call = next(order)
+        record.calls += 1
+        counter.push(place)
 
-        return hook
-
-    def post_hook(record: ModuleRecord):
-        def hook(module, args, output):
-            counter.stack.pop()
-            tensors = [t for t in tree_flatten(output)[0] if isinstance(t, torch.Tensor)]
+    def post_hook(module, args, output):
+        place = next(p for p in reversed(counter.stack) if p.module is module)
+        counter.pop(module)
+        tensors = [t for t in tree_flatten(output)[0] if isinstance(t, torch.Tensor)]
+        record = place.record
+        if record.calls == 1:
             record.output_shapes = [tuple(t.shape) for t in tensors]
-            record.output_bytes += sum(t.numel() * t.element_size() for t in tensors)
-
-        return hook
+        record.output_bytes += sum(memory.new_bytes(t) for t in tensors)
 
     try:
-        for name, module in model.named_modules():
-            record = records[name]
-            handles.append(module.register_forward_pre_hook(pre_hook(record)))
-            handles.append(module.register_forward_hook(post_hook(record)))
+        for group in places.values():
+            module = group[0].module
+            handles.append(module.register_forward_pre_hook(pre_hook))
+            handles.append(module.register_forward_hook(post_hook))
         yield
     finally:
         for handle in handles:
@@ -195,9 +330,9 @@ def _no_hidden_fast_paths() -> Iterator[None]:
         torch.backends.mha.set_fastpath_enabled(previous)
 
 
-def _describe_failure(stack: list[ModuleRecord], exc: Exception) -> str:
+def _describe_failure(stack: list[_Place], exc: Exception) -> str:
     reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    layers = [r for r in stack if r.name]
+    layers = [p.record for p in stack if p.record.name]
     if not layers:
         return f"the forward pass failed: {reason}"
     failing = layers[-1]

@@ -24,7 +24,11 @@ FVCORE_CONVENTION = (
 
 @dataclass
 class LayerRow:
-    """One module of the table. Params and MACs include the module's submodules."""
+    """One place a module is registered at. Params and MACs include its submodules; params count each tensor once.
+
+    ``output_shape`` is that of the first of ``calls`` calls (0 for a container that never runs itself);
+    ``shared``: the same module object is registered at other places too.
+    """
 
     name: str
     type: str
@@ -32,6 +36,8 @@ class LayerRow:
     output_shape: list[list[int]]
     params: int
     macs: int
+    calls: int = 1
+    shared: bool = False
 
 
 @dataclass
@@ -51,6 +57,7 @@ class ModelSummary:
     macs: int
     flops: int
     activation_bytes: int
+    activation_definition: str
     counted_on: str
     layers: list[LayerRow] = field(default_factory=list)
     uncounted_ops: list[str] = field(default_factory=list)
@@ -107,7 +114,7 @@ def summarize_spec(
     from rlcli.core.flops import CONVENTION, profile_forward
     from rlcli.core.meta import build_on_meta
 
-    net = _build(lambda: build_on_meta(lambda: spec.build(size)), where).eval()
+    net = _eval(_build(lambda: build_on_meta(lambda: spec.build(size)), where))
     profile = _run(lambda: profile_forward(net, spec.example_input(size, batch_size)), where)
     macs_by_module = {record.name: record.macs for record in profile.modules}
     return _assemble(spec, net, size, batch_size, depth, profile, macs_by_module, "rlcli", CONVENTION, "meta", [])
@@ -120,7 +127,7 @@ def _summarize_with_fvcore(spec, size, batch_size, depth, where) -> ModelSummary
     from rlcli.core.flops import profile_forward
 
     # fvcore traces with torch.jit, which needs real tensors: the weights are allocated on the CPU here.
-    net = _build(lambda: spec.build(size), where).eval()
+    net = _eval(_build(lambda: spec.build(size), where))
     inputs = spec.example_input(size, batch_size, device="cpu")
     profile = _run(lambda: profile_forward(net, inputs), where)
     with torch.inference_mode():
@@ -149,6 +156,8 @@ def _summarize_with_fvcore(spec, size, batch_size, depth, where) -> ModelSummary
 def _assemble(
     spec, net, size, batch_size, depth, profile, macs_by_module, counter, convention, counted_on, uncounted
 ) -> ModelSummary:
+    from rlcli.core.flops import ACTIVATION_DEFINITION
+
     params = _unique_parameters(net)
     trainable = sum(p.numel() for p in params if p.requires_grad)
     total = sum(p.numel() for p in params)
@@ -164,6 +173,8 @@ def _assemble(
             output_shape=[list(shape) for shape in record.output_shapes],
             params=sum(p.numel() for p in net.get_submodule(record.name).parameters()),
             macs=int(macs_by_module.get(record.name, 0)),
+            calls=record.calls,
+            shared=record.shared,
         )
         for record in profile.modules
         if depth is None or record.depth <= depth
@@ -187,6 +198,7 @@ def _assemble(
         macs=int(profile.total_macs),
         flops=2 * int(profile.total_macs),
         activation_bytes=profile.activation_bytes,
+        activation_definition=ACTIVATION_DEFINITION,
         counted_on=counted_on,
         layers=layers,
         uncounted_ops=list(uncounted),
@@ -198,13 +210,24 @@ def _unique_parameters(net) -> list:
     return list({id(p): p for p in net.parameters()}.values())
 
 
+def _eval(net):
+    """``net.eval()``; a module registered as its own descendant sends ``eval`` round the cycle, so there the flag
+    is set on each module once."""
+    try:
+        return net.eval()
+    except RecursionError:
+        for module in net.modules():
+            module.training = False
+        return net
+
+
 def _build(build, where: str):
     try:
         return build()
     except ModelRunError:
         raise
     except Exception as exc:
-        raise ModelRunError(f"cannot build {where}: {type(exc).__name__}: {exc}") from exc
+        raise ModelRunError(f"cannot build {where}: {_first_line(exc)}") from exc
 
 
 def _run(step, where: str):
@@ -213,4 +236,10 @@ def _run(step, where: str):
     except ModelRunError as exc:
         raise ModelRunError(f"{where}: {exc}") from exc
     except Exception as exc:
-        raise ModelRunError(f"{where}: {type(exc).__name__}: {exc}") from exc
+        raise ModelRunError(f"{where}: {_first_line(exc)}") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    """The exception's type and first line: torch appends C++ frames to some messages."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
