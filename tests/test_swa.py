@@ -164,11 +164,11 @@ def test_non_finite_result_is_an_error(tmp_path, checkpoints):
 def test_refuses_to_overwrite_without_force(tmp_path, checkpoints):
     existing = tmp_path / "exists.pt"
     existing.write_bytes(b"keep me")
-    with pytest.raises(RlError, match="refusing to overwrite"):
+    with pytest.raises(RlError, match=r"exists\.pt: it exists \(use --force to replace it\)"):
         merge_checkpoints(checkpoints, existing)
     assert existing.read_bytes() == b"keep me"
     before = checkpoints[0].read_bytes()
-    with pytest.raises(RlError, match="refusing to overwrite input"):
+    with pytest.raises(RlError, match=r"epoch0\.pt: it is one of the inputs \(use --force to replace it\)"):
         merge_checkpoints(checkpoints, checkpoints[0])
     assert checkpoints[0].read_bytes() == before
     merge_checkpoints(checkpoints, existing, force=True)
@@ -295,6 +295,33 @@ def test_a_full_disk_is_one_error_line(tmp_path, suffix):
     assert os.listdir(out_dir) == []
 
 
+def test_output_problems_are_found_before_the_work(rl, tmp_path, checkpoints, without_root_override):
+    stages = []
+
+    def record(stage, done, total):
+        stages.append(stage)
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    folder = tmp_path / "a_folder.pt"
+    folder.mkdir()
+    cases = [
+        (locked / "swa.pt", False, f"cannot write {locked / 'swa.pt'}: permission denied"),
+        (folder, True, f"cannot write {folder}: it is a folder"),
+        (tmp_path / "missing" / "swa.pt", False, f"cannot write {tmp_path / 'missing' / 'swa.pt'}: no folder"),
+    ]
+    for out, force, message in cases:
+        with pytest.raises(RlError) as info:
+            merge_checkpoints(checkpoints, out, force=force, progress=record)
+        assert str(info.value).startswith(message)
+        assert stages == []  # nothing was read or averaged
+        result = rl("swa-merge", *map(str, checkpoints), "-o", str(out), *(["--force"] if force else []))
+        assert result.code == 1 and result.stderr.startswith(f"error: {message}"), result.stderr
+        assert result.stderr.count("\n") == 1 and ".tmp" not in result.stderr
+    assert os.listdir(locked) == [] and os.listdir(folder) == []
+
+
 def test_unsafe_pickle_is_refused(tmp_path, checkpoints):
     class Exploit:
         def __reduce__(self):
@@ -409,5 +436,5 @@ def test_cli_report_and_json(rl, tmp_path, checkpoints):
     assert text.code == 0, text.stderr
     assert "SHA-256:" in text.stdout and "1 copied from the last input" in text.stdout
     again = rl("swa-merge", *map(str, checkpoints), "-o", str(out))
-    assert again.code == 1 and again.stderr.startswith("error: refusing to overwrite")
+    assert again.code == 1 and again.stderr == f"error: cannot write {out}: it exists (use --force to replace it)\n"
     assert rl("swa-merge", str(checkpoints[0]), "-o", str(tmp_path / "x.pt"), "--weights", "1,2").code == 2

@@ -33,7 +33,7 @@ from rlcli.core.checkpoints import (
     save_torch_file,
     strip_wrapper_prefixes,
 )
-from rlcli.core.files import WrittenFile
+from rlcli.core.files import WrittenFile, cannot_write, check_output_file
 from rlcli.errors import CheckpointError, RlError, UsageError
 
 Progress = Callable[[str, int, int], None]
@@ -179,14 +179,10 @@ def _check_output(output: Path, inputs: list[Path], *, force: bool, keep_structu
         raise UsageError(f"output {output}: use .safetensors or one of {', '.join(TORCH_SUFFIXES)}")
     if keep_structure and output.suffix == SAFETENSORS_SUFFIX:
         raise UsageError("--keep-structure needs a torch output (.pt/.pth): safetensors holds flat tensors only")
-    if not output.parent.is_dir():
-        raise RlError(f"output folder {output.parent} does not exist")
-    if force:
-        return
-    if any(output.resolve() == p.resolve() for p in inputs):
-        raise RlError(f"refusing to overwrite input {output} (use --force)")
-    if output.exists():
-        raise RlError(f"refusing to overwrite {output} (use --force)")
+    if not force and any(output.resolve() == p.resolve() for p in inputs):
+        raise cannot_write(output, "it is one of the inputs (use --force to replace it)")
+    # A folder that refuses new files, a folder in the way, an existing output: said now, not after the work.
+    check_output_file(output, force=force)
 
 
 Layout = dict[str, tuple[tuple[int, ...], torch.dtype]]
