@@ -162,11 +162,6 @@ def print_json(document: Any) -> None:
     sys.stdout.flush()
 
 
-def print_json_line(document: Any) -> None:
-    sys.stdout.write(json.dumps(document, ensure_ascii=False) + "\n")
-    sys.stdout.flush()
-
-
 def print_csv(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     writer = csv.writer(sys.stdout, lineterminator="\n")
     writer.writerow(header)

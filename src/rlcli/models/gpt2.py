@@ -26,6 +26,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from rlcli.errors import CheckpointError
+from rlcli.models.cards import Paper
 from rlcli.models.registry import register_model
 
 
@@ -280,12 +281,26 @@ def to_hf_state_dict(model: GPT2) -> dict[str, torch.Tensor]:
     }
 
 
+PAPER = Paper(
+    title="Language Models are Unsupervised Multitask Learners",
+    authors="Alec Radford, Jeffrey Wu, Rewon Child, David Luan, Dario Amodei, Ilya Sutskever",
+    year=2019,
+    url="https://cdn.openai.com/better-language-models/language_models_are_unsupervised_multitask_learners.pdf",
+)
+
+
 def _register(name: str, config: GPT2Config) -> None:
     def build(input_size: tuple[int, ...], **kwargs: Any) -> GPT2:
         return GPT2(GPT2Config(**{**asdict(config), **kwargs}))
 
     register_model(
-        name, family="gpt2", task="language-model", default_input=(config.n_positions,), input_kind="tokens"
+        name,
+        family="gpt2",
+        task="language-model",
+        default_input=(config.n_positions,),
+        input_kind="tokens",
+        paper=PAPER if name != DEMO_NAME else None,
+        arguments=GPT2Config,  # the builder forwards GPT2Config's fields: what a stored config may set
     )(build)
 
 
