@@ -152,6 +152,67 @@ def test_mismatched_keys_and_shapes_fail_before_writing(tmp_path, checkpoints):
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    "first, second",
+    [
+        (torch.float32, torch.int64),
+        (torch.int64, torch.float32),
+        (torch.float16, torch.bool),
+        (torch.int64, torch.bool),
+    ],
+)
+def test_floating_and_integer_dtypes_of_one_tensor_are_refused(tmp_path, first, second):
+    states = [random_state(0), random_state(1)]
+    states[0]["1.running_mean"] = states[0]["1.running_mean"].to(first)
+    states[1]["1.running_mean"] = states[1]["1.running_mean"].to(second)
+    paths = []
+    for index, state in enumerate(states):
+        paths.append(tmp_path / f"in{index}.pt")
+        torch.save(state, paths[-1])
+    out = tmp_path / "never.pt"
+    with pytest.raises(CheckpointError) as info:
+        merge_checkpoints(paths, out)
+    message = str(info.value)
+    name = lambda dtype: str(dtype).removeprefix("torch.")  # noqa: E731
+    assert "in1.pt" in message and "1.running_mean" in message
+    assert f"{name(second)} here vs {name(first)} in in0.pt" in message and "nothing written" in message
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "dtypes, written",
+    [
+        ((torch.float16, torch.float32), torch.float32),
+        ((torch.float32, torch.float16), torch.float32),
+        ((torch.bfloat16, torch.float16), torch.float32),  # neither holds the other's values
+        ((torch.float16, torch.float16, torch.float64), torch.float64),
+    ],
+)
+def test_mixed_floating_dtypes_are_averaged_in_float64_and_written_promoted(rl, tmp_path, dtypes, written):
+    paths = []
+    for seed, dtype in enumerate(dtypes):
+        state = random_state(seed)
+        state["0.weight"] = state["0.weight"].to(dtype)
+        paths.append(tmp_path / f"in{seed}.pt")
+        torch.save(state, paths[-1])
+    report = merge_checkpoints(paths, tmp_path / "out.pt")
+    merged = torch.load(tmp_path / "out.pt", weights_only=True)
+    inputs = [torch.load(p, weights_only=True)["0.weight"] for p in paths]
+    expected = (sum(t.double() for t in inputs) / len(inputs)).to(written)
+    assert merged["0.weight"].dtype == written
+    assert torch.equal(merged["0.weight"], expected)
+    assert merged["0.bias"].dtype == torch.float32  # tensors of one dtype keep it
+    shown = [str(d).removeprefix("torch.") for d in dict.fromkeys(dtypes)]
+    assert report.promoted == {"0.weight": {"inputs": shown, "written": str(written).removeprefix("torch.")}}
+
+    result = rl("swa-merge", *map(str, paths), "-o", str(tmp_path / "cli.pt"), "--json")
+    assert result.code == 0, result.stderr
+    assert json.loads(result.stdout)["promoted"] == report.promoted
+    text = rl("swa-merge", *map(str, paths), "-o", str(tmp_path / "cli2.pt"))
+    assert text.code == 0, text.stderr
+    assert f"0.weight ({', '.join(shown)} -> {str(written).removeprefix('torch.')})" in text.stdout
+
+
 def test_non_finite_result_is_an_error(tmp_path, checkpoints):
     state = random_state(5)
     state["0.weight"][0, 0, 0, 0] = float("inf")

@@ -17,7 +17,9 @@ HELP = """Average checkpoints into one (Stochastic Weight Averaging), one checkp
 
 Inputs are files, folders of checkpoints, or globs, in any format rl reads (safetensors, state dicts, training
 checkpoints with state_dict/model/EMA keys, module./_orig_mod. prefixes), always loaded safely. Floating tensors
-are averaged in float64 and written in their own dtype; integer and bool buffers come from the last checkpoint.
+are averaged in float64 and written in their own dtype (a tensor stored in several floating dtypes: in their type
+promotion, e.g. float16 + float32 -> float32); integer and bool buffers come from the last checkpoint. A tensor
+that is floating in one input and integer or bool in another is refused, as are differing names and shapes.
 
 Examples:
 
@@ -86,13 +88,21 @@ def print_report(result: MergeReport) -> None:
     footer = [
         f"Output: {result.output} ({result.output_format}, {size_bytes(result.output_bytes)})",
         f"SHA-256: {result.sha256}",
-        f"Tensors: {result.averaged} averaged ({kind} in float64, written in their own dtype), "
+        f"Tensors: {result.averaged} averaged ({kind} in float64, written in their own dtype"
+        f"{f'; {len(result.promoted)} in a promoted one' if result.promoted else ''}), "
         f"{len(result.copied)} copied from the last input",
     ]
     if result.copied:
         footer.append(
             f"Copied (integer/bool, not averaged): {', '.join(result.copied[:6])}"
             + (", ..." if len(result.copied) > 6 else "")
+        )
+    if result.promoted:
+        shown = [f"{name} ({', '.join(p['inputs'])} -> {p['written']})" for name, p in result.promoted.items()]
+        footer.append(
+            "Mixed dtypes, written as their type promotion: "
+            + ", ".join(shown[:6])
+            + (", ..." if len(shown) > 6 else "")
         )
     if result.ema:
         footer.append("EMA weights were preferred where present.")

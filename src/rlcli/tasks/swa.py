@@ -9,6 +9,7 @@ recomputed in one pass, as ``torch.optim.swa_utils.update_bn`` does.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Callable
@@ -57,6 +58,9 @@ class MergeReport:
     bn_layers: int = 0
     bn_images: int = 0
     notes: list[str] = field(default_factory=list)
+    # Floating tensors whose dtype differs between inputs: name -> {"inputs": dtypes in order of appearance,
+    # "written": their type promotion}.
+    promoted: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -128,7 +132,7 @@ def merge_checkpoints(
     if bn_data is not None:
         bn_images = _bn_images(bn_data)
 
-    layout, sums, last = _accumulate(inputs, raw_weights, prefer_ema, report)
+    layout, sums, last, promoted = _accumulate(inputs, raw_weights, prefer_ema, report)
     copied = [name for name, (_, dtype) in layout.items() if not dtype.is_floating_point]
     counters = {name: last.state_dict[name].clone() for name in copied}
     info = last.info
@@ -158,6 +162,7 @@ def merge_checkpoints(
         ema=prefer_ema,
         averaged=len(layout) - len(copied),
         copied=copied,
+        promoted=promoted,
         output=str(output),
         output_format="safetensors" if output.suffix == SAFETENSORS_SUFFIX else "torch",
         output_bytes=written.size,
@@ -190,8 +195,10 @@ Layout = dict[str, tuple[tuple[int, ...], torch.dtype]]
 
 def _accumulate(
     inputs: list[Path], weights: list[float], prefer_ema: bool, report: Progress
-) -> tuple[Layout, dict[str, torch.Tensor], Checkpoint]:
+) -> tuple[Layout, dict[str, torch.Tensor], Checkpoint, dict[str, dict[str, Any]]]:
     """Check every checkpoint against the first and add its floating tensors, weighted, into float64 sums.
+    Returns the layout to write (floating dtypes promoted over all inputs), the sums, the last checkpoint and
+    the promotions.
 
     Each file is unpickled once (the safe unpickler dominates load time). While one checkpoint is being read and
     checked, a worker thread adds the previous one into the sums (``add_`` releases the GIL), so at most two
@@ -201,6 +208,7 @@ def _accumulate(
     reference: Layout = {}
     sums: dict[str, torch.Tensor] = {}
     last: Checkpoint | None = None
+    floating: dict[str, list[torch.dtype]] = {}  # each floating tensor's dtypes, in order of appearance
     with ThreadPoolExecutor(max_workers=1) as adder:
         pending: Future | None = None
         for index, (path, weight) in enumerate(zip(inputs, weights, strict=True)):
@@ -215,6 +223,9 @@ def _accumulate(
                 }
             else:
                 _compare_layouts(inputs[0], reference, path, layout)
+            for name, (_, dtype) in layout.items():
+                if dtype.is_floating_point and dtype not in floating.setdefault(name, []):
+                    floating[name].append(dtype)
             if pending is not None:
                 pending.result()  # bound memory: the previous checkpoint is fully added before this one starts
             last = None  # and then let it go, mapped pages and all
@@ -224,7 +235,34 @@ def _accumulate(
         if pending is not None:
             pending.result()
     assert last is not None
-    return reference, sums, last
+    layout, promoted = _promote(reference, floating)
+    return layout, sums, last, promoted
+
+
+def _promote(layout: Layout, floating: dict[str, list[torch.dtype]]) -> tuple[Layout, dict[str, dict[str, Any]]]:
+    """A floating tensor stored in several dtypes is written in their type promotion (``torch.promote_types``:
+    float16 + float32 -> float32, bfloat16 + float16 -> float32), which holds every input's values without
+    loss; the others keep their dtype."""
+    promoted: dict[str, dict[str, Any]] = {}
+    result = dict(layout)
+    for name, dtypes in floating.items():
+        if len(dtypes) > 1:
+            written = functools.reduce(torch.promote_types, dtypes)
+            result[name] = (layout[name][0], written)
+            promoted[name] = {"inputs": [_dtype_name(d) for d in dtypes], "written": _dtype_name(written)}
+    return result, promoted
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _kind(dtype: torch.dtype) -> str:
+    if dtype == torch.bool:
+        return "bool"
+    if dtype.is_floating_point:
+        return "floating"
+    return "complex" if dtype.is_complex else "integer"
 
 
 def _add_into(sums: dict[str, torch.Tensor], checkpoint: Checkpoint, weight: float) -> None:
@@ -235,9 +273,19 @@ def _add_into(sums: dict[str, torch.Tensor], checkpoint: Checkpoint, weight: flo
 
 
 def _compare_layouts(first: Path, reference: Layout, path: Path, layout: Layout) -> None:
+    """Same names and shapes as the first checkpoint, and each tensor of the same kind: floating tensors are
+    averaged and integer/bool ones copied, so a tensor that is floating in one input and not in another has no
+    meaning as either. Floating dtypes may differ (see ``_promote``)."""
     expected = {name: shape for name, (shape, _) in reference.items()}
     found = {name: shape for name, (shape, _) in layout.items()}
     problems = describe_mismatch(expected, found, f"{{found}} here vs {{expected}} in {first.name}")
+    kinds = [
+        f"{name}: {_dtype_name(dtype)} here vs {_dtype_name(reference[name][1])} in {first.name}"
+        for name, (_, dtype) in layout.items()
+        if name in reference and _kind(dtype) != _kind(reference[name][1])
+    ]
+    if kinds:
+        problems = "; ".join([*([problems] if problems else []), f"dtype mismatch {len(kinds)} ({list_some(kinds)})"])
     if problems:
         raise CheckpointError(f"{path} does not match {first}: {problems}; nothing written")
 
