@@ -137,4 +137,22 @@ def test_calls_are_shown(rl):
     assert layers["cell"]["calls"] == 3 and layers["cell"]["macs"] == 3 * 3 * 6 * 6
     assert layers["heads"]["calls"] == 0  # a ModuleList never runs itself
     table = rl("summary", "tiny_models:Unrolled", "-i", "3x1x6").stdout
-    assert "[1, 3, 1, 6] x3" in table
+    header, cell = table.splitlines()[1], next(line for line in table.splitlines() if line.startswith("  cell "))
+    assert header.split() == ["Layer", "Type", "Output", "shape", "Calls", "Params", "MACs", "Share"]
+    assert cell.split()[:7] == ["cell", "Linear", "[1,", "3,", "1,", "6]", "3"]
+
+
+def test_a_user_models_input_is_the_shape_given_and_stated(rl):
+    result = rl("summary", "tiny_models:Conv1dNet", "-i", "4x32", "-b", "2", "--json")
+    assert result.code == 0, result.stderr
+    model = json.loads(result.stdout)["models"][0]
+    assert model["input_shape"] == [2, 4, 32] and model["input_dtype"] == "float32"
+    table = rl("summary", "tiny_models:Conv1dNet", "-i", "4x32", "-b", "2").stdout
+    assert table.startswith("tiny_models:Conv1dNet (your model) at input 2x4x32 (float32)\n")
+
+
+def test_an_input_size_torch_cannot_represent_is_one_usage_error_line(rl):
+    result = rl("summary", "resnet18", "--input-size", "99999999999999999999999")
+    assert result.code == 2
+    assert result.stderr.startswith("error: invalid input size '99999999999999999999999': too large")
+    assert result.stderr.count("\n") == 1

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+import torch
 import torchvision.models as tvm
 
+import tiny_models
 from rlcli.errors import ModelNotFoundError, ModelRunError, UsageError
 from rlcli.models.registry import get_spec, model_names
 from rlcli.tasks.summary import summarize
@@ -125,3 +127,56 @@ def test_a_cyclic_module_graph_is_summarised():
     assert cyclic.params == 2 * (4 * 4 + 4)
     assert [layer.name for layer in cyclic.layers] == ["", "lin", "inner", "inner.0", "inner.outer"]
     assert cyclic.macs == 2 * 3 * 4 * 4
+
+
+def flop_counter_macs(factory, shape: tuple[int, ...]) -> int:
+    """torch's own FlopCounterMode on the real model, on the CPU: FLOPs / 2."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.manual_seed(0)
+    model = factory().eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.randn(shape))
+    return counter.get_total_flops() // 2
+
+
+@pytest.mark.parametrize(
+    ("name", "size", "shape"),
+    [
+        ("Conv1dNet", "4x32", (1, 4, 32)),
+        ("LSTMCellNet", "10", (1, 10)),
+        ("MatmulNet", "6x8", (1, 6, 8)),
+        ("Conv3dNet", "4x6x6x6", (1, 4, 6, 6, 6)),
+        ("ModuleListNet", "6", (1, 6)),
+    ],
+)
+def test_user_models_of_other_shapes_equal_torchs_flop_counter(name, size, shape):
+    summary = summarize(f"tiny_models:{name}", input_size=size)
+    assert summary.input_size == list(shape[1:])
+    assert summary.input_shape == list(shape) and summary.input_dtype == "float32"
+    assert summary.macs == flop_counter_macs(getattr(tiny_models, name), shape) > 0
+
+
+def test_batch_goes_in_front_of_a_user_models_sample_shape():
+    summary = summarize("tiny_models:LSTMCellNet", input_size="10", batch_size=4)
+    assert summary.input_shape == [4, 10]
+    assert summary.macs == flop_counter_macs(tiny_models.LSTMCellNet, (4, 10))
+
+
+def test_registered_image_models_keep_the_square_shorthand():
+    assert summarize("resnet18", input_size="384", depth=0).input_shape == [1, 3, 384, 384]
+    assert summarize("resnet18", input_size="320x384", depth=0).input_shape == [1, 3, 320, 384]
+
+
+@pytest.mark.parametrize(
+    ("model", "size", "batch"),
+    [
+        ("resnet18", "99999999999999999999999", 1),
+        ("tiny_models:LSTMCellNet", "99999999999999999999999", 1),
+        ("resnet18", "3x9999999999x9999999999", 1),  # each dimension fits, the element count does not
+        ("tiny_models:LSTMCellNet", "3000000000000000000", 4),  # the batch takes it past the limit
+    ],
+)
+def test_sizes_torch_cannot_represent_are_usage_errors(model, size, batch):
+    with pytest.raises(UsageError, match="too large"):
+        summarize(model, input_size=size, batch_size=batch)

@@ -168,3 +168,69 @@ class Twice(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)
+
+
+# --- user models of other input shapes ----------------------------------------------------------------------------
+
+
+class Conv1dNet(nn.Module):
+    """Takes (batch, 4 channels, length): two Conv1d layers and a Linear over the pooled channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv1d(4, 8, 3, padding=1), nn.ReLU(), nn.Conv1d(8, 8, 5, stride=2))
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x).mean(-1))
+
+
+class LSTMCellNet(nn.Module):
+    """Takes (batch, 10): an LSTMCell stepped three times on the same input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cell = nn.LSTMCell(10, 20)
+        self.head = nn.Linear(20, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = c = x.new_zeros(x.shape[0], 20)
+        for _ in range(3):
+            h, c = self.cell(x, (h, c))
+        return self.head(h)
+
+
+class MatmulNet(nn.Module):
+    """Takes (batch, T, 8): functional matmuls only (a Gram matrix, then a product with a weight)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(8, 5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gram = x @ x.transpose(-1, -2)
+        return torch.mm((gram @ x).flatten(0, 1), self.weight)
+
+
+class Conv3dNet(nn.Module):
+    """Takes (batch, 4, D, H, W): four sample dimensions."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv3d(4, 2, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class ModuleListNet(nn.Module):
+    """Takes (batch, 6): Linears held in a ModuleList, each applied in a loop."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList([nn.Linear(6, 6) for _ in range(3)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = torch.tanh(layer(x))
+        return x

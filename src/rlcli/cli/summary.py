@@ -56,7 +56,12 @@ def summary_command(
         autocompletion=complete_model_name,
     ),
     input_size: str | None = typer.Option(
-        None, "--input-size", "-i", help="C x H x W (e.g. 3x384x384, or 384); default: the model's own."
+        None,
+        "--input-size",
+        "-i",
+        help="One sample's shape, without the batch: C x H x W for image models (3x384x384, or 384 for a square), "
+        "tokens for language models, and exactly the shape given for your own model (10, 16x8, 1x28x28); "
+        "default: the model's own.",
     ),
     batch_size: int = typer.Option(1, "--batch-size", "-b", min=1, help="Batch of the example input."),
     depth: int = typer.Option(3, "--depth", "-d", min=0, help="Deepest module level shown (0 = totals only)."),
@@ -81,7 +86,7 @@ def summary_command(
         print_csv(*layer_csv(summaries))
     else:
         for summary in summaries:
-            print_table(LAYER_COLUMNS, layer_rows(summary), title=title(summary), footer=footer(summary))
+            print_table(layer_columns(summary), layer_rows(summary), title=title(summary), footer=footer(summary))
         if len(summaries) > 1:
             print_table(COMPARISON_COLUMNS, comparison_rows(summaries), footer=[summaries[0].convention + "."])
 
@@ -108,15 +113,30 @@ COMPARISON_COLUMNS = [
 
 def title(summary: ModelSummary) -> str:
     origin = "your model" if summary.source == "user" else f"{summary.source}, {summary.family}"
-    return f"{summary.model} ({origin}) at input {_input(summary)}"
+    return f"{summary.model} ({origin}) at input {_input(summary)} ({summary.input_dtype})"
+
+
+def _shows_calls(summary: ModelSummary) -> bool:
+    """A Calls column only where some module ran other than once (repeated, or a container that never ran)."""
+    return any(layer.calls != 1 for layer in summary.layers)
+
+
+def layer_columns(summary: ModelSummary) -> list[Column]:
+    if not _shows_calls(summary):
+        return LAYER_COLUMNS
+    return [*LAYER_COLUMNS[:3], Column("Calls", "right"), *LAYER_COLUMNS[3:]]
 
 
 def layer_rows(summary: ModelSummary) -> list[list[str]]:
     rows = []
+    calls = _shows_calls(summary)
     for layer in summary.layers:
         label = summary.model if layer.depth == 0 else "  " * layer.depth + layer.name
         share = f"{100 * layer.macs / summary.macs:.1f}%" if summary.macs else "-"
-        rows.append([label, _type(layer), _calls(layer), thousands(layer.params), si(layer.macs), share])
+        row = [label, _type(layer), _shape(layer.output_shape), thousands(layer.params), si(layer.macs), share]
+        if calls:
+            row.insert(3, str(layer.calls) if layer.calls else "-")
+        rows.append(row)
     return rows
 
 
@@ -153,8 +173,11 @@ def _per_token(summary: ModelSummary) -> list[str]:
 def _table_marks(summary: ModelSummary) -> list[str]:
     """What the marks in the table mean, for the marks it shows."""
     lines = []
-    if any(layer.calls > 1 for layer in summary.layers):
-        lines.append("Output shape xN: called N times (the shape is the first call's; MACs are all calls').")
+    if _shows_calls(summary):
+        lines.append(
+            "Calls: how often a module ran (output shape: the first call's; MACs: all calls'); "
+            "- : a container that never runs itself."
+        )
     if any(layer.shared for layer in summary.layers):
         lines.append(
             "(shared): one module registered at several places; each call is listed where its parent was running, "
@@ -199,16 +222,11 @@ def layer_csv(summaries: list[ModelSummary]) -> tuple[list[str], list[list[objec
 
 
 def _input(summary: ModelSummary) -> str:
-    return "x".join(str(d) for d in (summary.batch_size, *summary.input_size))
+    return "x".join(str(d) for d in summary.input_shape)
 
 
 def _type(layer) -> str:
     return f"{layer.type} (shared)" if layer.shared else layer.type
-
-
-def _calls(layer) -> str:
-    shape = _shape(layer.output_shape)
-    return f"{shape} x{layer.calls}" if layer.calls > 1 else shape
 
 
 def _shape(shapes: list[list[int]]) -> str:

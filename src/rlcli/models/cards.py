@@ -50,6 +50,11 @@ class ModelCard:
     paper: Paper | None = None
 
     @property
+    def input_dtype(self) -> str:
+        """The dtype of the example input (a ``torch`` attribute name): token ids are int64, the rest float32."""
+        return "int64" if self.input_kind == "tokens" else "float32"
+
+    @property
     def channels_last(self) -> bool:
         """Whether inference should use channels-last memory (convolutional networks)."""
         return self.family in CONVOLUTIONAL_FAMILIES

@@ -56,11 +56,9 @@ class ModelSpec:
     def example_input(
         self, input_size: tuple[int, ...] | None = None, batch_size: int = 1, device: str = "meta"
     ) -> tuple[torch.Tensor, ...]:
-        """A placeholder batch of the right shape and dtype (empty on the meta device)."""
+        """A placeholder batch: ``(batch_size, *input_size)`` zeros of the card's ``input_dtype`` (no data on meta)."""
         size = input_size or self.card.default_input
-        if self.card.input_kind == "tokens":
-            return (torch.zeros((batch_size, *size), dtype=torch.long, device=device),)
-        return (torch.zeros((batch_size, *size), device=device),)
+        return (torch.zeros((batch_size, *size), dtype=getattr(torch, self.card.input_dtype), device=device),)
 
     def accepted_arguments(self) -> dict[str, Any]:
         """Keyword arguments a stored checkpoint may pass to the builder, with their defaults."""

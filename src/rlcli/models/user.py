@@ -30,8 +30,8 @@ T = TypeVar("T")
 def user_model_spec(reference: str) -> ModelSpec:
     """A spec whose builder calls the referenced callable with no arguments (or a checkpoint's stored ones).
 
-    The callable may be a class or a factory; it must return an ``nn.Module``. Images of 3x224x224 are the default
-    input; ``--input-size`` sets another.
+    The callable may be a class or a factory; it must return an ``nn.Module``. A float32 sample of 3x224x224 is the
+    default input; ``--input-size`` gives another sample shape, taken exactly as given (``rl summary``).
     """
     target, _, attribute = reference.rpartition(":")
     if not target or not attribute:

@@ -10,7 +10,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from rlcli.core.shapes import format_size, parse_input_size
+from rlcli.core.shapes import check_tensor_size, format_size, parse_input_size
 from rlcli.errors import ModelRunError, UsageError
 
 COUNTERS = ("rlcli", "fvcore")
@@ -47,6 +47,8 @@ class ModelSummary:
     source: str
     input_size: list[int]
     batch_size: int
+    input_shape: list[int]  # the exact tensor fed: (batch_size, *input_size)
+    input_dtype: str
     counter: str
     convention: str
     params: int
@@ -80,7 +82,8 @@ def summarize(
 
     Args:
         model: a registry name (`rl models` lists them) or a user reference.
-        input_size: e.g. ``"3x384x384"``; default: the model's (the default weights' crop size, else 224).
+        input_size: one sample's shape, e.g. ``"3x384x384"`` (``"384"`` for a registered image model); for a user's
+            model exactly the shape given (``"10"``, ``"16x8"``). Default: the model's (the weights' crop size).
         batch_size: the batch of the example input; MACs and activation memory scale with it.
         depth: deepest module level in ``layers`` (0 = the model alone, None = every level).
         counter: ``"rlcli"`` (meta device, torchvision's convention) or ``"fvcore"`` (fvcore's, on the CPU).
@@ -99,7 +102,9 @@ def summarize(
     from rlcli.models.registry import get_spec
 
     spec = get_spec(model, user_code=True)  # a name the user typed: their own code may run
-    size = parse_input_size(input_size, spec.card.default_input) if input_size else spec.card.default_input
+    # rl cannot know what a user's network takes: their size is the sample shape as given, never a shorthand.
+    exact = spec.card.source == "user"
+    size = parse_input_size(input_size, spec.card.default_input, exact=exact) if input_size else spec.card.default_input
     return summarize_spec(spec, size, batch_size=batch_size, depth=depth, counter=counter)
 
 
@@ -107,6 +112,9 @@ def summarize_spec(
     spec, size: tuple[int, ...], *, batch_size: int = 1, depth: int | None = 3, counter: str = "rlcli"
 ) -> ModelSummary:
     """``summarize`` for a spec that need not be registered (``rl compare`` builds scaled family members)."""
+    import torch
+
+    check_tensor_size((batch_size, *size), getattr(torch, spec.card.input_dtype).itemsize)
     where = f"{spec.card.name} at input {format_size((batch_size, *size))}"
     if counter == "fvcore":
         return _summarize_with_fvcore(spec, size, batch_size, depth, where)
@@ -188,6 +196,8 @@ def _assemble(
         source=spec.card.source,
         input_size=list(size),
         batch_size=batch_size,
+        input_shape=[batch_size, *size],
+        input_dtype=spec.card.input_dtype,
         counter=counter,
         convention=convention,
         params=total,
