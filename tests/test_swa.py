@@ -129,6 +129,69 @@ def test_ema_weights_are_preferred_when_asked(tmp_path):
     assert torch.equal(merged["0.weight"], expected.float())
 
 
+def test_ema_from_some_inputs_and_raw_weights_from_others_is_refused(rl, tmp_path):
+    paths = []
+    for seed, has_ema in enumerate([True, False, True]):
+        path = tmp_path / f"{seed}.pth"
+        content = {"state_dict": random_state(seed)}
+        if has_ema:
+            content["state_dict_ema"] = random_state(seed + 10)
+        torch.save(content, path)
+        paths.append(path)
+    out = tmp_path / "ema.pt"
+    with pytest.raises(CheckpointError) as info:
+        merge_checkpoints(paths, out, prefer_ema=True)
+    message = str(info.value)
+    assert "0.pth, 2.pth have EMA weights" in message and "1.pth has none" in message
+    assert "nothing written" in message and not out.exists()
+    result = rl("swa-merge", *map(str, paths), "-o", str(out), "--ema")
+    assert result.code == 1 and result.stderr.count("\n") == 1 and "1.pth has none" in result.stderr
+    assert not out.exists()
+    merge_checkpoints(paths, out)  # without --ema every input's raw weights are averaged
+    assert out.exists()
+
+
+def test_keep_structure_with_ema_reads_back_as_the_average(tmp_path):
+    paths = []
+    for seed in range(2):
+        path = tmp_path / f"{seed}.pth"
+        raw = {f"module.{k}": v for k, v in random_state(seed).items()}
+        torch.save({"state_dict": raw, "state_dict_ema": random_state(seed + 10), "epoch": seed}, path)
+        paths.append(path)
+    out = tmp_path / "out.pth"
+    report = merge_checkpoints(paths, out, prefer_ema=True, keep_structure=True)
+    expected = (random_state(10)["0.weight"].double() + random_state(11)["0.weight"].double()) / 2
+    assert torch.equal(load_checkpoint(out).state_dict["0.weight"], expected.float())  # what rl itself reads
+    assert torch.equal(load_checkpoint(out, prefer_ema=True).state_dict["0.weight"], expected.float())
+    written = torch.load(out, weights_only=True)
+    assert written["epoch"] == 1 and "module.0.weight" in written["state_dict"]  # structure and names kept
+    assert any("state_dict" in note and "raw weights" in note for note in report.notes), report.notes
+
+
+def test_counters_and_metadata_come_from_the_last_input_with_weight(tmp_path):
+    paths = []
+    for seed in range(3):
+        state = random_state(seed)  # num_batches_tracked == seed
+        if seed == 2:
+            state["0.weight"][0, 0, 0, 0] = float("inf")  # weight 0: must not reach the average (0 * inf = nan)
+        info = CheckpointInfo(arch="tiny", class_names=[f"from input {seed}"])
+        content = {**json.loads(info.to_json()), "state_dict": state, "epoch": seed}
+        paths.append(tmp_path / f"{seed}.pt")
+        torch.save(content, paths[-1])
+    out = tmp_path / "out.pt"
+    merge_checkpoints(paths, out, weights=[1, 1, 0], keep_structure=True)
+    written = torch.load(out, weights_only=True)
+    assert written["epoch"] == 1 and written["class_names"] == ["from input 1"]
+    assert torch.equal(written["state_dict"]["1.num_batches_tracked"], torch.tensor(1))
+    expected = (random_state(0)["0.weight"].double() + random_state(1)["0.weight"].double()) / 2
+    assert torch.equal(written["state_dict"]["0.weight"], expected.float())
+    flat = tmp_path / "flat.safetensors"
+    merge_checkpoints(paths, flat, weights=[1, 1, 0])
+    loaded = load_checkpoint(flat)
+    assert loaded.info.class_names == ["from input 1"]
+    assert torch.equal(loaded.state_dict["1.num_batches_tracked"], torch.tensor(1))
+
+
 def test_self_describing_checkpoints_keep_their_info(tmp_path):
     info = CheckpointInfo(arch="resnet18", class_names=["a", "b"])
     paths = [save_checkpoint(tmp_path / f"{s}.safetensors", random_state(s), info).path for s in range(2)]

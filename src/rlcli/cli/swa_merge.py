@@ -15,10 +15,11 @@ if TYPE_CHECKING:
 
 HELP = """Average checkpoints into one (Stochastic Weight Averaging), one checkpoint in memory at a time.
 
-Inputs are files, folders of checkpoints, or globs, in any format rl reads (safetensors, state dicts, training
-checkpoints with state_dict/model/EMA keys, module./_orig_mod. prefixes), always loaded safely. Floating tensors
-are averaged in float64 and written in their own dtype (a tensor stored in several floating dtypes: in their type
-promotion, e.g. float16 + float32 -> float32); integer and bool buffers come from the last checkpoint. A tensor
+Inputs are files, folders of checkpoints (in natural order: epoch_2 before epoch_10), or globs, in any format rl
+reads (safetensors, state dicts, training checkpoints with state_dict/model/EMA keys, module./_orig_mod.
+prefixes), always loaded safely. Floating tensors are averaged in float64 and written in their own dtype (a tensor
+stored in several floating dtypes: in their type promotion, e.g. float16 + float32 -> float32). Integer and bool
+buffers, rl's metadata and --keep-structure's nesting come from the last input with a non-zero weight. A tensor
 that is floating in one input and integer or bool in another is refused, as are differing names and shapes.
 
 Examples:
@@ -39,9 +40,14 @@ def swa_merge_command(
     checkpoints: list[str] = typer.Argument(..., metavar="CKPT", help="Checkpoint files, folders or globs."),
     output: Path = typer.Option(..., "--output", "-o", help="Output file: .pt/.pth or .safetensors."),
     weights: str | None = typer.Option(None, "--weights", help="Comma-separated weights, one per input."),
-    ema: bool = typer.Option(False, "--ema", help="Prefer EMA weights where a checkpoint has them."),
+    ema: bool = typer.Option(
+        False, "--ema", help="Average the EMA weights (state_dict_ema, model_ema...); every input must have them."
+    ),
     keep_structure: bool = typer.Option(
-        False, "--keep-structure", help="Keep the last input's nesting (e.g. {'state_dict': ..., 'epoch': ...})."
+        False,
+        "--keep-structure",
+        help="Keep the last weighted input's nesting (e.g. {'state_dict': ..., 'epoch': ...}); with --ema its raw "
+        "weights are replaced by the average too.",
     ),
     force: bool = typer.Option(False, "--force", "-f", help="Overwrite an existing output, even an input."),
     bn_data: Path | None = typer.Option(
@@ -85,12 +91,13 @@ def print_report(result: MergeReport) -> None:
         [str(i + 1), path, f"{w:.4f}"] for i, (path, w) in enumerate(zip(result.inputs, result.weights, strict=True))
     ]
     kind = "weighted average" if result.weighted else "uniform average"
+    source = "the last input" + (" with a non-zero weight" if result.weights[-1] == 0 else "")
     footer = [
         f"Output: {result.output} ({result.output_format}, {size_bytes(result.output_bytes)})",
         f"SHA-256: {result.sha256}",
         f"Tensors: {result.averaged} averaged ({kind} in float64, written in their own dtype"
         f"{f'; {len(result.promoted)} in a promoted one' if result.promoted else ''}), "
-        f"{len(result.copied)} copied from the last input",
+        f"{len(result.copied)} copied from {source}",
     ]
     if result.copied:
         footer.append(
@@ -105,7 +112,7 @@ def print_report(result: MergeReport) -> None:
             + (", ..." if len(shown) > 6 else "")
         )
     if result.ema:
-        footer.append("EMA weights were preferred where present.")
+        footer.append("EMA weights: every input's EMA weights were averaged.")
     if result.bn_recomputed:
         footer.append(f"BatchNorm: statistics of {result.bn_layers} layers recomputed on {result.bn_images} images.")
     footer.extend(f"Note: {note}." for note in result.notes)

@@ -74,6 +74,11 @@ class Checkpoint:
     file_backed: frozenset[int] = field(default=frozenset(), repr=False)
 
     @property
+    def from_ema(self) -> bool:
+        """The tensors are EMA weights (found under ``state_dict_ema``, ``model_ema``, ...)."""
+        return self.container_key in _EMA_KEYS
+
+    @property
     def memory_mapped(self) -> bool:
         """Some tensors are views of the file."""
         return bool(self.file_backed)

@@ -46,7 +46,7 @@ class MergeReport:
     inputs: list[str]
     weights: list[float]  # normalised to sum to 1
     weighted: bool
-    ema: bool
+    ema: bool  # every input's EMA weights were averaged (--ema, and they all have them)
     averaged: int  # floating tensors averaged in float64
     copied: list[str]  # integer/bool tensors taken from the last input
     output: str
@@ -132,20 +132,24 @@ def merge_checkpoints(
     if bn_data is not None:
         bn_images = _bn_images(bn_data)
 
-    layout, sums, last, promoted = _accumulate(inputs, raw_weights, prefer_ema, report)
+    merged = _accumulate(inputs, raw_weights, prefer_ema, report)
+    layout, source = merged.layout, merged.source
     copied = [name for name, (_, dtype) in layout.items() if not dtype.is_floating_point]
-    counters = {name: last.state_dict[name].clone() for name in copied}
-    info = last.info
-    structure = last if keep_structure else None
-    # The last checkpoint's pages were all read while adding it; letting it go now keeps them out of the peak.
-    del last
-    averaged = _finish_average(sums, sum(raw_weights), layout, counters)
+    counters = {name: source.state_dict[name].clone() for name in copied}
+    info = source.info
+    structure = source if keep_structure else None
+    # The source's pages were all read while adding it; letting it go now keeps them out of the peak.
+    del source
+    merged.source = None
+    averaged = _finish_average(merged.sums, sum(raw_weights), layout, counters)
     notes = []
     if weights is not None:
         total = sum(raw_weights)
         notes.append(f"weights normalised to sum to 1 (divided by {total:g})")
     if copied:
-        notes.append(f"{len(copied)} integer/bool tensors taken from the last checkpoint, not averaged")
+        notes.append(f"{len(copied)} integer/bool tensors taken from the last input with a non-zero weight")
+    if prefer_ema and not merged.ema:
+        notes.append("--ema: no input has EMA weights; their raw weights were averaged")
 
     result = {"bn_layers": 0, "bn_images": 0}
     if bn_data is not None:
@@ -153,16 +157,22 @@ def merge_checkpoints(
             raise UsageError("--bn-data needs the architecture: pass --model, or merge rlcli checkpoints")
         result = _recompute_batchnorm(averaged, model, info, bn_images, bn_batch_size, report)
 
-    written = _write(output, averaged, info, structure, prefer_ema, overwrite=force)
+    written, replaced = _write(output, averaged, info, structure, prefer_ema, overwrite=force)
+    if replaced:
+        notes.append(
+            f"--keep-structure --ema: the raw weights under {replaced[0]!r} were replaced by the average written "
+            f"under {replaced[1]!r} (the last input's raw weights are not kept), so that every reader of the file, "
+            f"rl included, gets the average"
+        )
     total = sum(raw_weights)
     return MergeReport(
         inputs=[str(p) for p in inputs],
         weights=[w / total for w in raw_weights],
         weighted=weights is not None,
-        ema=prefer_ema,
+        ema=merged.ema,
         averaged=len(layout) - len(copied),
         copied=copied,
-        promoted=promoted,
+        promoted=merged.promoted,
         output=str(output),
         output_format="safetensors" if output.suffix == SAFETENSORS_SUFFIX else "torch",
         output_bytes=written.size,
@@ -193,26 +203,39 @@ def _check_output(output: Path, inputs: list[Path], *, force: bool, keep_structu
 Layout = dict[str, tuple[tuple[int, ...], torch.dtype]]
 
 
-def _accumulate(
-    inputs: list[Path], weights: list[float], prefer_ema: bool, report: Progress
-) -> tuple[Layout, dict[str, torch.Tensor], Checkpoint, dict[str, dict[str, Any]]]:
+@dataclass
+class _Accumulated:
+    layout: Layout  # the tensors to write: shapes, and dtypes promoted over all inputs
+    sums: dict[str, torch.Tensor]  # weighted float64 sums of the floating tensors
+    promoted: dict[str, dict[str, Any]]  # see MergeReport.promoted
+    # The last input with a non-zero weight: the counters, the rlcli description and --keep-structure's nesting
+    # come from it, never from an input that does not count towards the average.
+    source: Checkpoint | None
+    ema: bool  # the inputs' EMA weights were averaged
+
+
+def _accumulate(inputs: list[Path], weights: list[float], prefer_ema: bool, report: Progress) -> _Accumulated:
     """Check every checkpoint against the first and add its floating tensors, weighted, into float64 sums.
-    Returns the layout to write (floating dtypes promoted over all inputs), the sums, the last checkpoint and
-    the promotions.
 
     Each file is unpickled once (the safe unpickler dominates load time). While one checkpoint is being read and
     checked, a worker thread adds the previous one into the sums (``add_`` releases the GIL), so at most two
-    checkpoints are open at a time; torch files are memory-mapped and only read as they are added. A mismatch
-    stops everything before anything is written.
+    checkpoints are open at a time besides the source (see ``_Accumulated``); torch files are memory-mapped and
+    only read as they are added. An input with weight 0 is checked but not added (0 * inf would be NaN). A
+    mismatch stops everything before anything is written.
     """
     reference: Layout = {}
     sums: dict[str, torch.Tensor] = {}
-    last: Checkpoint | None = None
+    source: Checkpoint | None = None
     floating: dict[str, list[torch.dtype]] = {}  # each floating tensor's dtypes, in order of appearance
+    with_ema: list[Path] = []
     with ThreadPoolExecutor(max_workers=1) as adder:
         pending: Future | None = None
         for index, (path, weight) in enumerate(zip(inputs, weights, strict=True)):
             checkpoint = load_checkpoint(path, prefer_ema=prefer_ema)
+            if prefer_ema:
+                with_ema += [path] if checkpoint.from_ema else []
+                if with_ema and len(with_ema) != index + 1:
+                    _refuse_mixed_ema(inputs, with_ema, index)
             layout = {name: (tuple(t.shape), t.dtype) for name, t in checkpoint.state_dict.items()}
             if index == 0:
                 reference = layout
@@ -226,17 +249,35 @@ def _accumulate(
             for name, (_, dtype) in layout.items():
                 if dtype.is_floating_point and dtype not in floating.setdefault(name, []):
                     floating[name].append(dtype)
+            if weight == 0:
+                report("averaging", index + 1, len(inputs))
+                continue
             if pending is not None:
                 pending.result()  # bound memory: the previous checkpoint is fully added before this one starts
-            last = None  # and then let it go, mapped pages and all
+            source = None  # and then let it go, mapped pages and all
             pending = adder.submit(_add_into, sums, checkpoint, weight)
-            last = checkpoint
+            source = checkpoint
             report("averaging", index + 1, len(inputs))
         if pending is not None:
             pending.result()
-    assert last is not None
+    assert source is not None  # check_weights: the sum of the weights is positive
     layout, promoted = _promote(reference, floating)
-    return layout, sums, last, promoted
+    return _Accumulated(layout, sums, promoted, source, ema=bool(with_ema))
+
+
+def _refuse_mixed_ema(inputs: list[Path], with_ema: list[Path], index: int) -> None:
+    """Some inputs have EMA weights and some do not: the average would mix two different kinds of weights.
+    The inputs not yet read are opened too (unpickled, not averaged), so that the message names all of them."""
+    for path in inputs[index + 1 :]:
+        if load_checkpoint(path, prefer_ema=True).from_ema:
+            with_ema.append(path)
+    without = [p.name for p in inputs if p not in with_ema]
+    having = [p.name for p in with_ema]
+    raise CheckpointError(
+        f"--ema: {list_some(having)} {'has' if len(having) == 1 else 'have'} EMA weights and {list_some(without)} "
+        f"{'has' if len(without) == 1 else 'have'} none; averaging EMA weights with raw ones would mix two kinds of "
+        f"weights (merge without --ema to average the raw weights); nothing written"
+    )
 
 
 def _promote(layout: Layout, floating: dict[str, list[torch.dtype]]) -> tuple[Layout, dict[str, dict[str, Any]]]:
@@ -384,14 +425,31 @@ def _write(
     prefer_ema: bool,
     *,
     overwrite: bool,
-) -> WrittenFile:
+) -> tuple[WrittenFile, tuple[str, str] | None]:
+    """Write the average; with a structure, in its nesting. Returns the file, and (raw key, EMA key) when the
+    structure's raw weights were replaced by the averaged EMA weights."""
     # Published only if the output is still free (unless --force): a file that appeared since the check before
     # the work, such as another run's result, is never replaced.
     if structure_from is None or structure_from.raw is None or structure_from.container_key is None:
-        return save_checkpoint(output, state, info, overwrite=overwrite)
-    # Keep the last input's nesting and its own key names (prefixes included); swap in the averaged tensors.
+        return save_checkpoint(output, state, info, overwrite=overwrite), None
+    # Keep the source's nesting and its own key names (prefixes included); swap in the averaged tensors.
     original, key = find_state_dict(structure_from.raw, prefer_ema=prefer_ema)
-    names = {stripped: name for name, stripped in zip(original, strip_wrapper_prefixes(original), strict=True)}
     payload = dict(structure_from.raw)
-    payload[key] = {names[name]: tensor for name, tensor in state.items()}
-    return save_torch_file(output, payload, overwrite=overwrite)
+    payload[key] = _in_names_of(original, state) or state
+    replaced = None
+    raw, raw_key = find_state_dict(structure_from.raw)
+    if raw_key != key and raw_key is not None:
+        # rl (load_checkpoint) and most training code read the raw weights first: left as they are, they would be
+        # the source's own weights and the EMA average would be invisible. They get the same average.
+        payload[raw_key] = _in_names_of(raw, state) or payload[key]
+        replaced = (raw_key, key)
+    return save_torch_file(output, payload, overwrite=overwrite), replaced
+
+
+def _in_names_of(original: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> dict | None:
+    """``state`` under ``original``'s own key names (``module.`` prefixes and all), or None if its tensors are
+    not the same set."""
+    names = {stripped: name for name, stripped in zip(original, strip_wrapper_prefixes(original), strict=True)}
+    if set(names) != set(state):
+        return None
+    return {names[name]: tensor for name, tensor in state.items()}
