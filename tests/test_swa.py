@@ -192,6 +192,25 @@ def test_counters_and_metadata_come_from_the_last_input_with_weight(tmp_path):
     assert torch.equal(loaded.state_dict["1.num_batches_tracked"], torch.tensor(1))
 
 
+def test_a_folder_is_averaged_in_natural_order(rl, tmp_path):
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    for epoch in (10, 2, 1):
+        state = random_state(epoch)  # num_batches_tracked == epoch
+        torch.save(state, folder / f"epoch_{epoch}.pt")
+    expected = [str(folder / f"epoch_{e}.pt") for e in (1, 2, 10)]  # as people number files, not "1, 10, 2"
+    assert [str(p) for p in resolve_inputs([str(folder)])] == expected
+    result = rl("swa-merge", str(folder), "-o", str(tmp_path / "swa.pt"), "--weights", "1,2,3", "--json")
+    assert result.code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["inputs"] == expected
+    assert report["weights"] == [1 / 6, 2 / 6, 3 / 6]
+    merged = torch.load(tmp_path / "swa.pt", weights_only=True)
+    assert torch.equal(merged["1.num_batches_tracked"], torch.tensor(10))  # the last input is epoch_10
+    states = {e: random_state(e)["0.weight"].double() for e in (1, 2, 10)}
+    assert torch.equal(merged["0.weight"], ((states[1] + 2 * states[2] + 3 * states[10]) / 6).float())
+
+
 def test_self_describing_checkpoints_keep_their_info(tmp_path):
     info = CheckpointInfo(arch="resnet18", class_names=["a", "b"])
     paths = [save_checkpoint(tmp_path / f"{s}.safetensors", random_state(s), info).path for s in range(2)]
@@ -538,6 +557,78 @@ def test_batchnorm_recompute_matches_update_bn(tmp_path):
     data = torch.cat(reference_batches(tmp_path / "images", 5))
     torch.testing.assert_close(merged["norm.running_mean"], data.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
     assert not torch.equal(merged["norm.running_mean"], load_checkpoint(plain).state_dict["norm.running_mean"])
+
+
+def test_batchnorm_recompute_for_a_fine_tuned_torchvision_head(tmp_path):
+    """resnet18 fine-tuned to 10 classes (a plain state dict): --model resnet18 finds the head's size in the file,
+    and the statistics equal update_bn's on torchvision's own resnet18 fed through torchvision's transforms."""
+    from torchvision.models import resnet18
+
+    states, paths = [], []
+    for seed in range(2):
+        torch.manual_seed(seed)
+        states.append(resnet18(num_classes=10).state_dict())
+        paths.append(tmp_path / f"ft{seed}.pth")
+        torch.save({"model": states[-1], "epoch": seed}, paths[-1])
+    write_images(tmp_path / "images", 6)
+    out = tmp_path / "swa.pt"
+    report = merge_checkpoints(paths, out, bn_data=tmp_path / "images", bn_batch_size=3, model="resnet18")
+    assert report.bn_recomputed and report.bn_layers == 20 and report.bn_images == 6  # 1 + 2 per block * 8 + 3
+    merged = load_checkpoint(out).state_dict
+    assert merged["fc.weight"].shape == (10, 512)
+
+    reference = resnet18(num_classes=10)
+    average = {
+        k: (states[0][k].double() + states[1][k].double()).div(2).float() if v.is_floating_point() else v
+        for k, v in states[1].items()
+    }
+    reference.load_state_dict(average)
+    torch.optim.swa_utils.update_bn(reference_batches(tmp_path / "images", 3), reference)
+    norms = [name for name, m in reference.named_modules() if isinstance(m, nn.BatchNorm2d)]
+    for key, value in reference.state_dict().items():
+        if key.rsplit(".", 1)[0] in norms:
+            torch.testing.assert_close(merged[key], value, rtol=1e-4, atol=1e-5, msg=key)
+    assert torch.equal(merged["fc.weight"], average["fc.weight"])  # weights are averaged, not re-estimated
+
+
+def test_batchnorm_recompute_uses_the_checkpoints_own_preprocessing(tmp_path):
+    from torchvision import transforms
+
+    stored = {"resize": 40, "crop": 32, "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3], "interpolation": "bicubic"}
+    info = CheckpointInfo(arch="tiny_models:BatchNormNet", extra={"preprocess": stored})
+    paths = []
+    for seed in range(2):
+        torch.manual_seed(seed)
+        paths.append(save_checkpoint(tmp_path / f"{seed}.pt", tiny_bn_state(), info).path)
+    write_images(tmp_path / "images", 8)
+    out = tmp_path / "swa.pt"
+    merge_checkpoints(paths, out, bn_data=tmp_path / "images", bn_batch_size=4, model="tiny_models:BatchNormNet")
+    merged = load_checkpoint(out)
+    assert merged.info.extra["preprocess"] == stored  # the description travels with the average
+
+    transform = transforms.Compose(
+        [
+            transforms.Resize(40, interpolation=transforms.InterpolationMode.BICUBIC),
+            transforms.CenterCrop(32),
+            transforms.ToTensor(),
+            transforms.Normalize((0.5, 0.4, 0.3), (0.2, 0.25, 0.3)),
+        ]
+    )
+    files = sorted((tmp_path / "images").iterdir(), key=lambda p: int(p.stem))
+    images = [transform(Image.open(p).convert("RGB")) for p in files]
+    batches = [torch.stack(images[i : i + 4]) for i in range(0, len(images), 4)]
+
+    from tiny_models import BatchNormNet
+
+    reference = BatchNormNet()
+    reference.load_state_dict(merged.state_dict)
+    torch.optim.swa_utils.update_bn(batches, reference)
+    for key in ("norm.running_mean", "norm.running_var", "norm.num_batches_tracked"):
+        torch.testing.assert_close(merged.state_dict[key], reference.state_dict()[key], rtol=1e-5, atol=1e-6)
+    # BN sits first: its mean is the channel mean of the stored preprocessing's pixels, not of the default's.
+    torch.testing.assert_close(merged.state_dict["norm.running_mean"], torch.cat(batches).mean((0, 2, 3)))
+    default = torch.cat(reference_batches(tmp_path / "images", 4)).mean((0, 2, 3))
+    assert not torch.allclose(merged.state_dict["norm.running_mean"], default, atol=1e-2)
 
 
 def tiny_bn_state():
