@@ -156,3 +156,14 @@ def test_an_input_size_torch_cannot_represent_is_one_usage_error_line(rl):
     assert result.code == 2
     assert result.stderr.startswith("error: invalid input size '99999999999999999999999': too large")
     assert result.stderr.count("\n") == 1
+
+
+def test_a_torchscript_model_is_counted_and_its_scripted_layers_marked(rl):
+    result = rl("summary", "tiny_models:scripted_tinynet", "-i", "3x8x8", "--json")
+    assert result.code == 0, result.stderr
+    model = json.loads(result.stdout)["models"][0]
+    assert model["macs"] == 8 * 8 * 8 * 27 + 8 * 10
+    layers = {layer["name"]: layer for layer in model["layers"]}
+    assert layers["features.0"]["scripted"] and layers["features.0"]["macs"] is None
+    table = rl("summary", "tiny_models:scripted_tinynet", "-i", "3x8x8").stdout
+    assert re.search(r"features\.0 +Conv2d \(scripted\) +- +- +216 +- +-\n", table)

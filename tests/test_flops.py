@@ -7,6 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
+from torch.nn.modules import module as module_hooks
 
 from rlcli.core.flops import profile_forward
 from rlcli.core.meta import build_on_meta
@@ -137,6 +138,7 @@ def test_failure_names_the_innermost_layer_and_hooks_are_removed():
     with pytest.raises(ModelRunError, match=r"layer 'classifier' \(Linear\)"):
         profile_forward(net, meta_input(1, 3, 9, 9))
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in net.modules())
+    assert not module_hooks._global_forward_hooks and not module_hooks._global_forward_pre_hooks
 
 
 def test_meta_build_falls_back_for_constructors_that_read_tensors():

@@ -180,3 +180,28 @@ def test_registered_image_models_keep_the_square_shorthand():
 def test_sizes_torch_cannot_represent_are_usage_errors(model, size, batch):
     with pytest.raises(UsageError, match="too large"):
         summarize(model, input_size=size, batch_size=batch)
+
+
+@pytest.mark.parametrize(
+    ("name", "size", "shape"), [("scripted_tinynet", "3x8x8", (2, 3, 8, 8)), ("PartlyScripted", "6", (2, 6))]
+)
+def test_torchscript_models_equal_torchs_flop_counter(name, size, shape):
+    summary = summarize(f"tiny_models:{name}", input_size=size, batch_size=2, depth=None)
+    assert summary.macs == flop_counter_macs(getattr(tiny_models, name), shape) > 0
+    assert summary.layers[0].macs == summary.macs
+
+
+def test_scripted_layers_say_so_and_their_work_goes_to_the_nearest_hooked_module():
+    whole = summarize("tiny_models:scripted_tinynet", input_size="3x8x8", depth=None)
+    rows = {layer.name: layer for layer in whole.layers}
+    assert rows[""].type == "TinyNet" and rows[""].scripted and rows[""].calls == 1
+    assert rows[""].macs == 8 * 8 * 8 * 27 + 8 * 10
+    assert rows["features.0"].scripted and rows["features.0"].type == "Conv2d"
+    assert rows["features.0"].macs is None  # ran inside TorchScript: counted in the root's row
+    assert rows["features.0"].params == 8 * 27
+
+    partly = summarize("tiny_models:PartlyScripted", input_size="6", depth=None)
+    rows = {layer.name: layer for layer in partly.layers}
+    assert not rows["stem"].scripted and rows["stem"].macs == 6 * 8
+    assert rows["block"].scripted and rows["block"].macs == 8 * 8 + 8 * 4  # called from Python: hooked
+    assert rows["block.0"].scripted and rows["block.0"].macs is None

@@ -234,3 +234,24 @@ class ModuleListNet(nn.Module):
         for layer in self.layers:
             x = torch.tanh(layer(x))
         return x
+
+
+# --- TorchScript ------------------------------------------------------------------------------------------------
+
+
+def scripted_tinynet() -> nn.Module:
+    """TinyNet compiled whole by TorchScript: no module in it accepts hooks."""
+    return torch.jit.script(TinyNet())
+
+
+class PartlyScripted(nn.Module):
+    """An eager stem and head around a scripted block (a Sequential of Linear, ReLU, Linear)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Linear(6, 8)
+        self.block = torch.jit.script(nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4)))
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.block(self.stem(x)))

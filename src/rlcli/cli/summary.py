@@ -132,8 +132,9 @@ def layer_rows(summary: ModelSummary) -> list[list[str]]:
     calls = _shows_calls(summary)
     for layer in summary.layers:
         label = summary.model if layer.depth == 0 else "  " * layer.depth + layer.name
-        share = f"{100 * layer.macs / summary.macs:.1f}%" if summary.macs else "-"
-        row = [label, _type(layer), _shape(layer.output_shape), thousands(layer.params), si(layer.macs), share]
+        share = f"{100 * layer.macs / summary.macs:.1f}%" if summary.macs and layer.macs is not None else "-"
+        macs = si(layer.macs) if layer.macs is not None else "-"
+        row = [label, _type(layer), _shape(layer.output_shape), thousands(layer.params), macs, share]
         if calls:
             row.insert(3, str(layer.calls) if layer.calls else "-")
         rows.append(row)
@@ -176,12 +177,18 @@ def _table_marks(summary: ModelSummary) -> list[str]:
     if _shows_calls(summary):
         lines.append(
             "Calls: how often a module ran (output shape: the first call's; MACs: all calls'); "
-            "- : a container that never runs itself."
+            "- : never called itself (a container, or a scripted module called by TorchScript)."
         )
     if any(layer.shared for layer in summary.layers):
         lines.append(
             "(shared): one module registered at several places; each call is listed where its parent was running, "
             "and its params count once in the totals."
+        )
+    if any(layer.scripted for layer in summary.layers):
+        lines.append(
+            "(scripted): a TorchScript module. Hooks see only calls made from Python; one that TorchScript code "
+            "calls shows MACs -: its work counts in its nearest ancestor called from Python, its outputs as that "
+            "ancestor's."
         )
     return lines
 
@@ -202,7 +209,7 @@ def comparison_rows(summaries: list[ModelSummary]) -> list[list[str]]:
 
 
 def layer_csv(summaries: list[ModelSummary]) -> tuple[list[str], list[list[object]]]:
-    header = ["model", "layer", "type", "depth", "output_shape", "calls", "shared", "params", "macs"]
+    header = ["model", "layer", "type", "depth", "output_shape", "calls", "shared", "scripted", "params", "macs"]
     rows = [
         [
             s.model,
@@ -212,6 +219,7 @@ def layer_csv(summaries: list[ModelSummary]) -> tuple[list[str], list[list[objec
             _shape(layer.output_shape),
             layer.calls,
             layer.shared,
+            layer.scripted,
             layer.params,
             layer.macs,
         ]
@@ -226,7 +234,8 @@ def _input(summary: ModelSummary) -> str:
 
 
 def _type(layer) -> str:
-    return f"{layer.type} (shared)" if layer.shared else layer.type
+    marks = [mark for mark, on in (("shared", layer.shared), ("scripted", layer.scripted)) if on]
+    return f"{layer.type} ({', '.join(marks)})" if marks else layer.type
 
 
 def _shape(shapes: list[list[int]]) -> str:

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import flop_registry
@@ -51,7 +52,9 @@ class ModuleRecord:
     """What one module did in the forward pass, at one place it is registered. MACs include its submodules' work.
 
     A module registered under several parents (``shared``) has one record per place; each call goes to the place
-    whose parent was running. ``output_shapes`` are those of the first call; ``calls`` counts them all.
+    whose parent was running. ``output_shapes`` are those of the first call; ``calls`` counts them all. A
+    ``scripted`` (TorchScript) module called by TorchScript code is invisible to hooks: its ``macs`` are None, its
+    work is in the row of its nearest ancestor called from Python.
     """
 
     name: str
@@ -59,11 +62,13 @@ class ModuleRecord:
     depth: int
     output_shapes: list[tuple[int, ...]] = field(default_factory=list)
     output_bytes: int = 0
-    macs: int = 0
+    macs: int | None = 0
     calls: int = 0
     is_leaf: bool = True
     first_call: int = -1
     shared: bool = False
+    scripted: bool = False
+    module: nn.Module | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -212,12 +217,16 @@ def _module_places(model: nn.Module) -> tuple[_Place, dict[int, list[_Place]]]:
         nonlocal count
         count += 1
         depth = 0 if parent is None else parent.record.depth + 1
+        scripted = isinstance(module, torch.jit.ScriptModule)
         record = ModuleRecord(
             name=name,
-            type=type(module).__name__,
+            # TorchScript wraps every module in one class; the name the user wrote is kept as original_name.
+            type=getattr(module, "original_name", None) or type(module).__name__ if scripted else type(module).__name__,
             depth=depth,
             is_leaf=not any(child is not None for child in module._modules.values()),
             shared=registrations[id(module)] > 1,
+            scripted=scripted,
+            module=module,
         )
         place = _Place(record=record, module=module, parent=parent)
         place.lineage = (place, *(parent.lineage if parent else ()))
@@ -249,11 +258,13 @@ def _fill_uncalled(place: _Place) -> None:
     if firsts:
         record.first_call = min(firsts)
         record.macs = place.subtree_macs
+    elif record.scripted:
+        record.macs = None
 
 
 def _shown_rows(root: _Place, places: dict[int, list[_Place]]) -> list[ModuleRecord]:
-    """The places that ran (or hold something that ran), and every place of a shared module that ran anywhere,
-    in tree order with siblings in the order they first ran."""
+    """The places that ran (or hold something that ran), every place of a shared module that ran anywhere, and the
+    scripted modules inside a shown scripted one; in tree order, siblings in the order they first ran."""
     ran = {key for key, group in places.items() if any(p.record.calls for p in group)}
     rows: list[ModuleRecord] = []
 
@@ -262,7 +273,9 @@ def _shown_rows(root: _Place, places: dict[int, list[_Place]]) -> list[ModuleRec
         shown = [
             child
             for child in place.children
-            if child.record.first_call >= 0 or (child.record.shared and id(child.module) in ran)
+            if child.record.first_call >= 0
+            or (child.record.shared and id(child.module) in ran)
+            or (child.record.scripted and place.record.scripted)
         ]
         for child in sorted(shown, key=lambda c: c.record.first_call if c.record.first_call >= 0 else math.inf):
             visit(child)
@@ -282,12 +295,20 @@ def _choose_place(group: list[_Place], stack: list[_Place]) -> _Place:
 
 @contextlib.contextmanager
 def _module_hooks(places: dict[int, list[_Place]], counter: _MacCounter, memory: _NewMemory) -> Iterator[None]:
-    """Keep the stack of running places and capture each one's outputs; hooks are removed in any case."""
+    """Keep the stack of running places and capture each one's outputs; hooks are removed in any case.
+
+    The hooks are global (every module call from Python passes them) and act on this model's modules only:
+    TorchScript modules refuse hooks of their own, yet a call to one from Python passes the global ones. Calls
+    made inside TorchScript code pass no hook at all.
+    """
     order = itertools.count()
     handles = []
 
     def pre_hook(module, args):
-        place = _choose_place(places[id(module)], counter.stack)
+        group = places.get(id(module))
+        if group is None or group[0].module is not module:
+            return
+        place = _choose_place(group, counter.stack)
         record = place.record
         if not record.calls:
             record.first_call = next(order)
@@ -295,7 +316,9 @@ def _module_hooks(places: dict[int, list[_Place]], counter: _MacCounter, memory:
         counter.push(place)
 
     def post_hook(module, args, output):
-        place = next(p for p in reversed(counter.stack) if p.module is module)
+        place = next((p for p in reversed(counter.stack) if p.module is module), None)
+        if place is None:
+            return
         counter.pop(module)
         tensors = [t for t in tree_flatten(output)[0] if isinstance(t, torch.Tensor)]
         record = place.record
@@ -304,10 +327,8 @@ def _module_hooks(places: dict[int, list[_Place]], counter: _MacCounter, memory:
         record.output_bytes += sum(memory.new_bytes(t) for t in tensors)
 
     try:
-        for group in places.values():
-            module = group[0].module
-            handles.append(module.register_forward_pre_hook(pre_hook))
-            handles.append(module.register_forward_hook(post_hook))
+        handles.append(register_module_forward_pre_hook(pre_hook))
+        handles.append(register_module_forward_hook(post_hook))
         yield
     finally:
         for handle in handles:

@@ -27,7 +27,8 @@ class LayerRow:
     """One place a module is registered at. Params and MACs include its submodules; params count each tensor once.
 
     ``output_shape`` is that of the first of ``calls`` calls (0 for a container that never runs itself);
-    ``shared``: the same module object is registered at other places too.
+    ``shared``: the same module object is registered at other places too. ``scripted``: a TorchScript module; one
+    that TorchScript code called has ``macs`` None, its work counted in its nearest ancestor called from Python.
     """
 
     name: str
@@ -35,9 +36,10 @@ class LayerRow:
     depth: int
     output_shape: list[list[int]]
     params: int
-    macs: int
+    macs: int | None
     calls: int = 1
     shared: bool = False
+    scripted: bool = False
 
 
 @dataclass
@@ -179,10 +181,11 @@ def _assemble(
             type=record.type,
             depth=record.depth,
             output_shape=[list(shape) for shape in record.output_shapes],
-            params=sum(p.numel() for p in net.get_submodule(record.name).parameters()),
-            macs=int(macs_by_module.get(record.name, 0)),
+            params=sum(p.numel() for p in record.module.parameters()),
+            macs=_macs_of(record, macs_by_module),
             calls=record.calls,
             shared=record.shared,
+            scripted=record.scripted,
         )
         for record in profile.modules
         if depth is None or record.depth <= depth
@@ -213,6 +216,11 @@ def _assemble(
         layers=layers,
         uncounted_ops=list(uncounted),
     )
+
+
+def _macs_of(record, macs_by_module: dict[str, int | None]) -> int | None:
+    macs = macs_by_module.get(record.name, 0)
+    return None if macs is None else int(macs)
 
 
 def _unique_parameters(net) -> list:
