@@ -465,6 +465,24 @@ def test_output_problems_are_found_before_the_work(rl, tmp_path, checkpoints, wi
     assert os.listdir(locked) == [] and os.listdir(folder) == []
 
 
+def test_a_folder_that_turns_read_only_during_the_merge(rl, tmp_path, checkpoints, without_root_override):
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    out = out_dir / "swa.pt"
+
+    def lock(stage, done, total):
+        if stage == "averaging" and done == total:
+            out_dir.chmod(0o555)
+
+    try:
+        with pytest.raises(RlError) as info:
+            merge_checkpoints(checkpoints, out, progress=lock)
+    finally:
+        out_dir.chmod(0o755)
+    assert str(info.value) == f"cannot write {out}: permission denied"  # not the hidden temporary file's name
+    assert os.listdir(out_dir) == []
+
+
 def test_unsafe_pickle_is_refused(tmp_path, checkpoints):
     class Exploit:
         def __reduce__(self):
