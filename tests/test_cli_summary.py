@@ -167,3 +167,16 @@ def test_a_torchscript_model_is_counted_and_its_scripted_layers_marked(rl):
     assert layers["features.0"]["scripted"] and layers["features.0"]["macs"] is None
     table = rl("summary", "tiny_models:scripted_tinynet", "-i", "3x8x8").stdout
     assert re.search(r"features\.0 +Conv2d \(scripted\) +- +- +216 +- +-\n", table)
+
+
+def test_a_forward_pass_that_reads_values_says_it_was_counted_on_the_cpu(rl):
+    result = rl("summary", "tiny_models:NonzeroNet", "-i", "6")
+    assert result.code == 0, result.stderr
+    assert (
+        "Counted by rlcli on the CPU because aten::nonzero needs real values: random weights and a random-normal"
+        in (result.stdout)
+    )
+    assert "112 B of weights" in result.stdout  # Linear(6, 4) in float32
+    model = json.loads(rl("summary", "tiny_models:NonzeroNet", "-i", "6", "--json").stdout)["models"][0]
+    assert model["counted_on"] == "cpu" and model["cpu_fallback"]["reason"] == "aten::nonzero needs real values"
+    assert model["macs"] == 6 * 4

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 import torchvision.models as tvm
@@ -135,8 +137,10 @@ def flop_counter_macs(factory, shape: tuple[int, ...]) -> int:
 
     torch.manual_seed(0)
     model = factory().eval()
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(torch.randn(shape))
+    with torch.no_grad():
+        model(torch.randn(shape))  # a traced graph's first (profiling) run fails under a dispatch mode
+        with FlopCounterMode(display=False) as counter:
+            model(torch.randn(shape))
     return counter.get_total_flops() // 2
 
 
@@ -205,3 +209,40 @@ def test_scripted_layers_say_so_and_their_work_goes_to_the_nearest_hooked_module
     assert not rows["stem"].scripted and rows["stem"].macs == 6 * 8
     assert rows["block"].scripted and rows["block"].macs == 8 * 8 + 8 * 4  # called from Python: hooked
     assert rows["block.0"].scripted and rows["block.0"].macs is None
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("GaussianHead", "aten::is_nonzero (a tensor's truth value) needs real values"),
+        ("NonzeroNet", "aten::nonzero needs real values"),
+        ("ItemNet", "aten::item (Tensor.item()) needs real values"),
+        ("TolistNet", "needs real values"),
+        ("traced_item_net", "building it on the meta device failed"),
+    ],
+)
+def test_forward_passes_that_read_values_are_counted_on_the_cpu(name, reason):
+    summary = summarize(f"tiny_models:{name}", input_size="6", batch_size=2)
+    assert summary.counted_on == "cpu"
+    fallback = summary.cpu_fallback
+    assert reason in fallback.reason
+    assert fallback.input == "random-normal"
+    assert summary.macs == flop_counter_macs(getattr(tiny_models, name), (2, 6)) > 0
+    assert fallback.weight_bytes == 4 * summary.params  # float32, no buffers
+    if sys.platform == "linux":
+        assert fallback.peak_rss_increase_bytes is not None and fallback.peak_rss_increase_bytes >= 0
+
+
+def test_a_model_that_fails_for_its_shapes_is_not_retried_on_the_cpu():
+    with pytest.raises(ModelRunError) as failure:
+        summarize("tiny_models:FixedInputNet", input_size="3x9x9")
+    assert "CPU" not in str(failure.value)
+    assert summarize("tiny_models:TinyNet", input_size="3x8x8").cpu_fallback is None
+
+
+def test_no_cpu_fallback_when_the_weights_would_not_fit(monkeypatch):
+    from rlcli.core import resources
+
+    monkeypatch.setattr(resources, "available_memory_bytes", lambda: 100)  # Linear(6, 4) holds 112 bytes
+    with pytest.raises(ModelRunError, match=r"aten::nonzero needs real values, and counting on the CPU instead would"):
+        summarize("tiny_models:NonzeroNet", input_size="6")

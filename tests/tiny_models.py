@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -255,3 +257,62 @@ class PartlyScripted(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.block(self.stem(x)))
+
+
+# --- forward passes that read tensor values (the meta device has none) -------------------------------------------
+
+
+class GaussianHead(nn.Module):
+    """Takes (batch, 6): a Normal distribution whose argument check reads its parameters' values."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mean = nn.Linear(6, 3)
+        self.scale = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        normal = torch.distributions.Normal(self.mean(x), F.softplus(self.scale(x)) + 1e-3, validate_args=True)
+        return normal.rsample()
+
+
+class NonzeroNet(nn.Module):
+    """Takes (batch, 6): also returns the indices of its positive outputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(6, 4)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y = self.lin(x)
+        return y, (y > 0).nonzero()
+
+
+class ItemNet(nn.Module):
+    """Takes (batch, 6): scales by a value read with ``.item()``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(6, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(x) / (1.0 + abs(x.sum().item()))
+
+
+class TolistNet(nn.Module):
+    """Takes (batch, 6): reads its input as Python numbers with ``.tolist()``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(6, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(x) * len(x.tolist())
+
+
+def traced_item_net() -> nn.Module:
+    """ItemNet traced by TorchScript at build time: tracing runs the forward, which reads a value."""
+    with torch.device("cpu"):
+        example = torch.randn(1, 6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # the value read becomes a constant: intended
+        return torch.jit.trace(ItemNet(), example, check_trace=False)

@@ -145,6 +145,8 @@ def footer(summary: ModelSummary) -> list[str]:
     weights = sum(summary.param_bytes.values())
     dtypes = ", ".join(f"{dtype} {size_bytes(n)}" for dtype, n in summary.param_bytes.items()) or "none"
     where = "the meta device (no weights allocated)" if summary.counted_on == "meta" else "the CPU (weights allocated)"
+    if summary.cpu_fallback is not None:
+        where = _fallback(summary.cpu_fallback)
     lines = [
         f"Params: {thousands(summary.params)} (trainable {thousands(summary.trainable_params)}, "
         f"non-trainable {thousands(summary.non_trainable_params)})",
@@ -169,6 +171,20 @@ def _per_token(summary: ModelSummary) -> list[str]:
         f"MACs per token: {thousands(summary.macs_per_token)} ({si(summary.macs_per_token)}) at sequence length "
         f"{summary.tokens}, full forward pass (attention grows with length; `--input-size N` sets it)"
     ]
+
+
+def _fallback(fallback) -> str:
+    peak = fallback.peak_rss_increase_bytes
+    memory = f"peak memory (RSS) +{size_bytes(peak)}" if peak is not None else "peak memory not measured (Linux only)"
+    tensors = (
+        f"{fallback.weights} weights and a {fallback.input} input (seed 0)"
+        if fallback.input.startswith("random")
+        else f"{fallback.weights} weights (seed 0) and an all-{fallback.input} input"
+    )
+    return (
+        f"the CPU because {fallback.reason}: {tensors}, so work that depends on values is this input's; it cost "
+        f"{size_bytes(fallback.weight_bytes)} of weights, {memory}"
+    )
 
 
 def _table_marks(summary: ModelSummary) -> list[str]:

@@ -36,6 +36,40 @@ CONVENTION = (
 # Operators torch asks about that carry no work; decomposing them would only cost time.
 _METADATA_OPS = {torch.ops.prim.device.default}
 
+# What the operators that most often read values do, in the words of the Python that calls them.
+_VALUE_READERS = {
+    "aten::is_nonzero": "a tensor's truth value",
+    "aten::item": "Tensor.item()",
+    "aten::_local_scalar_dense": "Tensor.item()",
+}
+
+
+class NeedsRealValues(ModelRunError):
+    """The forward pass reads tensor values (``.item()``, ``nonzero``, a distribution's argument check), which the
+    meta device does not hold; ``reason`` says which operator, for the message of a run on real tensors."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"the forward pass cannot run on the meta device: {reason}")
+        self.reason = reason
+
+
+def _reads_values(func, args, kwargs, exc: Exception) -> bool:
+    """Whether ``func`` failed for want of data on meta tensors (not for a shape or device error)."""
+    flat = tree_flatten((args, kwargs))[0]
+    if not any(isinstance(t, torch.Tensor) and t.device.type == "meta" for t in flat):
+        return False
+    return isinstance(exc, NotImplementedError) or "meta tensor" in str(exc)
+
+
+def _value_reason(func, exc: Exception) -> str:
+    name = func._schema.name if hasattr(func, "_schema") else str(func)
+    if "Cannot copy out of meta tensor" in str(exc):
+        return f"{name} (copying values out: .tolist(), .cpu(), .numpy()) needs real values"
+    if "no fake impl or Meta kernel" in str(exc):
+        return f"{name} has no meta-device implementation"
+    plain = _VALUE_READERS.get(name)
+    return f"{name} ({plain}) needs real values" if plain else f"{name} needs real values"
+
 
 #: What "activations" means in every figure rl prints: memory that one forward pass allocates for module outputs.
 ACTIVATION_DEFINITION = (
@@ -100,6 +134,7 @@ class _MacCounter(TorchDispatchMode):
         self.stack: list[_Place] = []
         self.total_macs = 0
         self._targets: tuple[list[ModuleRecord], list[_Place]] | None = None
+        self.needs_values: str | None = None  # the first operator that failed for want of data
 
     def push(self, place: _Place) -> None:
         self.stack.append(place)
@@ -117,16 +152,34 @@ class _MacCounter(TorchDispatchMode):
         kwargs = kwargs or {}
         packet = func._overloadpacket
         if packet not in flop_registry and func not in _METADATA_OPS:
-            # Fused kernels without a formula (e.g. CPU flash attention) decompose into counted ops.
-            with self:
-                decomposed = func.decompose(*args, **kwargs)
+            decomposed = self._decompose(func, args, kwargs)
             if decomposed is not NotImplemented:
                 return decomposed
-        out = func(*args, **kwargs)
+        try:
+            out = func(*args, **kwargs)
+        except Exception as exc:
+            # Each enclosing operator overwrites: the outermost is the one the model's code called.
+            if _reads_values(func, args, kwargs, exc):
+                self.needs_values = _value_reason(func, exc)
+            raise
         if packet in flop_registry:
             # torch's formulas count FLOPs as 2 per multiply-accumulate.
             self._add(int(flop_registry[packet](*args, **kwargs, out_val=out)) // 2)
         return out
+
+    def _decompose(self, func, args, kwargs):
+        """Fused kernels without a formula (e.g. CPU flash attention) decompose into counted ops. A decomposition
+        that fails before counting anything leaves the operator to run whole: some trip over the plain-number
+        arguments of TorchScript graphs (``aten::div.Scalar`` in a traced model)."""
+        macs, needs_values = self.total_macs, self.needs_values
+        try:
+            with self:
+                return func.decompose(*args, **kwargs)
+        except Exception:
+            if self.total_macs != macs:
+                raise
+            self.needs_values = needs_values
+            return NotImplemented
 
     def _add(self, macs: int) -> None:
         self.total_macs += macs
@@ -176,7 +229,8 @@ def profile_forward(model: nn.Module, inputs: tuple[Any, ...] | dict[str, Any]) 
         inputs: positional inputs as a tuple, or keyword inputs as a dict.
 
     Returns:
-        A ForwardProfile. Raises ModelRunError naming the innermost module that failed.
+        A ForwardProfile. Raises NeedsRealValues when the pass reads values that meta tensors do not hold, else
+        ModelRunError naming the innermost module that failed.
 
     Example:
         >>> with torch.device("meta"):
@@ -195,10 +249,19 @@ def profile_forward(model: nn.Module, inputs: tuple[Any, ...] | dict[str, Any]) 
             else:
                 model(*inputs)
         except Exception as exc:
+            if counter.needs_values:
+                raise NeedsRealValues(counter.needs_values) from exc
+            if _on_meta(given) and "meta" in str(exc):
+                # Data read outside the dispatcher (Tensor.numpy()), or meta tensors meeting the model's own CPU ones.
+                raise NeedsRealValues(_describe_failure(counter.stack, exc)) from exc
             raise ModelRunError(_describe_failure(counter.stack, exc)) from exc
     _fill_uncalled(root)
     rows = _shown_rows(root, places)
     return ForwardProfile(modules=rows, total_macs=counter.total_macs, activation_bytes=memory.total)
+
+
+def _on_meta(tensors: list[Any]) -> bool:
+    return any(isinstance(t, torch.Tensor) and t.device.type == "meta" for t in tensors)
 
 
 def _module_places(model: nn.Module) -> tuple[_Place, dict[int, list[_Place]]]:
@@ -337,15 +400,17 @@ def _module_hooks(places: dict[int, list[_Place]], counter: _MacCounter, memory:
 
 @contextlib.contextmanager
 def _no_hidden_fast_paths() -> Iterator[None]:
-    """Route attention through code paths whose work is visible to the counter.
+    """Route attention and TorchScript through code paths whose work is visible to the counter.
 
     nn.MultiheadAttention's inference fast path calls one fused native op, and SDPA picks fused kernels by
     device; both would hide their matmuls. The math backend spells attention out as two batched matmuls.
+    TorchScript runs its graphs as written: its optimising executor fuses, and its first, profiling run of a graph
+    with a tensor constant fails under any dispatch mode (torch's own FlopCounterMode included).
     """
     previous = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)
     try:
-        with sdpa_kernel(SDPBackend.MATH):
+        with sdpa_kernel(SDPBackend.MATH), torch.jit.optimized_execution(False):
             yield
     finally:
         torch.backends.mha.set_fastpath_enabled(previous)

@@ -3,13 +3,27 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 import torch
 from torch import nn
 
+from rlcli.errors import ModelRunError
+
 M = TypeVar("M", bound=nn.Module)
+
+_ABOUT_META = re.compile(r"\bmeta\b", re.IGNORECASE)
+
+
+class MetaBuildError(ModelRunError):
+    """A constructor that cannot run with meta tensors either way (it reads their values, or mixes them with CPU
+    tensors of its own, as a ``torch.jit.trace`` with a CPU example does); ``reason`` is its first line."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"building on the meta device failed: {reason}")
+        self.reason = reason
 
 
 def build_on_meta(build: Callable[[], M]) -> M:
@@ -18,16 +32,36 @@ def build_on_meta(build: Callable[[], M]) -> M:
     The fast way puts all tensor creation on the meta device. Some constructors compute their layout with torch
     arithmetic and read it back (RegNet's block widths call ``.tolist()``), which meta tensors cannot do; for those,
     construction runs on the CPU and each parameter and buffer is moved to meta as it is registered. Both ways
-    allocate no weight memory: ``torch.empty`` reserves address space only and is released at once.
+    allocate no weight memory: ``torch.empty`` reserves address space only and is released at once. When the
+    second way fails for meta tensors too, MetaBuildError says why (the caller may build on the CPU instead).
     """
     try:
         with torch.device("meta"), _initializers_skipped():
             return build()
-    except NotImplementedError as exc:
-        if "meta" not in str(exc):
+    except Exception as exc:
+        if _meta_failure(exc) is None:
             raise
-    with _weights_to_meta_on_registration(), _initializers_skipped():
-        return build()
+    try:
+        with _weights_to_meta_on_registration(), _initializers_skipped():
+            return build()
+    except Exception as exc:
+        reason = _meta_failure(exc)
+        if reason is None:
+            raise
+        raise MetaBuildError(reason) from exc
+
+
+def _meta_failure(exc: BaseException) -> str | None:
+    """The first line of the innermost error in ``exc``'s chain that is about meta tensors, if any (user code is
+    wrapped in errors that repeat its message)."""
+    found, seen = None, set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        text = str(exc).strip()
+        if _ABOUT_META.search(text):
+            found = f"{type(exc).__name__}: {text.splitlines()[0]}"
+        exc = exc.__cause__ or exc.__context__
+    return found
 
 
 @contextlib.contextmanager

@@ -6,7 +6,9 @@ counter -> gather statistics into a plain object. Rendering is the CLI's job.
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -43,6 +45,23 @@ class LayerRow:
 
 
 @dataclass
+class CpuFallback:
+    """Why a summary was counted on real CPU tensors instead of the meta device, and what that cost.
+
+    ``weights`` and ``input`` say what the tensors held (random weights from the constructors' own initialisation,
+    seed 0; a random-normal float input or an all-zeros integer one): work that depends on values is this input's.
+    ``peak_rss_increase_bytes`` is the rise of the process's peak resident memory during the build and the pass
+    (None where it cannot be measured: Linux only).
+    """
+
+    reason: str
+    weights: str
+    input: str
+    weight_bytes: int
+    peak_rss_increase_bytes: int | None
+
+
+@dataclass
 class ModelSummary:
     model: str
     family: str
@@ -67,6 +86,7 @@ class ModelSummary:
     uncounted_ops: list[str] = field(default_factory=list)
     tokens: int | None = None  # for language models: tokens per sequence in the example input
     macs_per_token: int | None = None
+    cpu_fallback: CpuFallback | None = None  # set when the forward pass needed real values
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -121,13 +141,112 @@ def summarize_spec(
     if counter == "fvcore":
         return _summarize_with_fvcore(spec, size, batch_size, depth, where)
 
-    from rlcli.core.flops import CONVENTION, profile_forward
-    from rlcli.core.meta import build_on_meta
+    from rlcli.core.flops import CONVENTION, NeedsRealValues, profile_forward
+    from rlcli.core.meta import MetaBuildError, build_on_meta
 
-    net = _eval(_build(lambda: build_on_meta(lambda: spec.build(size)), where))
-    profile = _run(lambda: profile_forward(net, spec.example_input(size, batch_size)), where)
+    try:
+        net = _eval(_build(lambda: build_on_meta(lambda: spec.build(size)), where))
+    except MetaBuildError as exc:
+        return _summarize_on_cpu(
+            spec, size, batch_size, depth, where, f"building it on the meta device failed ({exc.reason})"
+        )
+    try:
+        profile = _run(lambda: profile_forward(net, spec.example_input(size, batch_size)), where, NeedsRealValues)
+    except NeedsRealValues as exc:
+        return _summarize_on_cpu(spec, size, batch_size, depth, where, exc.reason, meta_net=net)
     macs_by_module = {record.name: record.macs for record in profile.modules}
     return _assemble(spec, net, size, batch_size, depth, profile, macs_by_module, "rlcli", CONVENTION, "meta", [])
+
+
+def _summarize_on_cpu(spec, size, batch_size, depth, where, reason, meta_net=None) -> ModelSummary:
+    """Count on real CPU tensors: random weights (seed 0), a random-normal float input or zeros for integers.
+
+    The weights must fit in the memory available now (checked on the meta model when there is one); the cost is
+    reported as the weights' bytes and the rise of the peak resident memory.
+    """
+    import torch
+
+    from rlcli.core.flops import CONVENTION, profile_forward
+
+    if meta_net is not None:
+        _check_weights_fit(meta_net, where, reason)
+        del meta_net
+    where = f"{where} (on the CPU, because {reason})"
+    with torch.random.fork_rng(devices=[]), _peak_rss_increase() as peak:
+        torch.manual_seed(0)
+        net = _eval(_build(lambda: spec.build(size), where))
+        inputs, filled = _real_input(spec, size, batch_size)
+        profile = _run(lambda: profile_forward(net, inputs), where)
+    fallback = CpuFallback(
+        reason=reason,
+        weights="random",
+        input=filled,
+        weight_bytes=_tensor_bytes(net),
+        peak_rss_increase_bytes=peak.increase,
+    )
+    macs_by_module = {record.name: record.macs for record in profile.modules}
+    return _assemble(
+        spec, net, size, batch_size, depth, profile, macs_by_module, "rlcli", CONVENTION, "cpu", [], fallback
+    )
+
+
+def _real_input(spec, size, batch_size):
+    import torch
+
+    dtype = getattr(torch, spec.card.input_dtype)
+    shape = (batch_size, *size)
+    if dtype.is_floating_point:
+        return (torch.randn(shape, dtype=dtype, generator=torch.Generator().manual_seed(0)),), "random-normal"
+    return (torch.zeros(shape, dtype=dtype),), "zeros"
+
+
+def _tensor_bytes(net) -> int:
+    tensors = {id(t): t for t in (*net.parameters(), *net.buffers())}.values()
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _check_weights_fit(meta_net, where: str, reason: str) -> None:
+    from rlcli.core.resources import available_memory_bytes, human_bytes
+
+    needed, available = _tensor_bytes(meta_net), available_memory_bytes()
+    if available is not None and needed > available:
+        raise ModelRunError(
+            f"{where}: {reason}, and counting on the CPU instead would allocate {human_bytes(needed)} of weights, "
+            f"more than the {human_bytes(available)} available"
+        )
+
+
+class _PeakMemory:
+    increase: int | None = None
+
+
+@contextlib.contextmanager
+def _peak_rss_increase() -> Iterator[_PeakMemory]:
+    """Measure how far the peak resident memory rises above the current RSS (Linux: reset the peak through
+    ``/proc/self/clear_refs``, then read VmHWM)."""
+    probe = _PeakMemory()
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as handle:
+            handle.write("5")  # 5: reset the peak RSS (VmHWM) to the current RSS
+        before = _proc_status_bytes("VmRSS")
+    except OSError:
+        before = None
+    try:
+        yield probe
+    finally:
+        peak = _proc_status_bytes("VmHWM") if before is not None else None
+        probe.increase = max(0, peak - before) if peak is not None and before is not None else None
+
+
+def _proc_status_bytes(field_name: str) -> int | None:
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith(f"{field_name}:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 def _summarize_with_fvcore(spec, size, batch_size, depth, where) -> ModelSummary:
@@ -164,7 +283,18 @@ def _summarize_with_fvcore(spec, size, batch_size, depth, where) -> ModelSummary
 
 
 def _assemble(
-    spec, net, size, batch_size, depth, profile, macs_by_module, counter, convention, counted_on, uncounted
+    spec,
+    net,
+    size,
+    batch_size,
+    depth,
+    profile,
+    macs_by_module,
+    counter,
+    convention,
+    counted_on,
+    uncounted,
+    fallback=None,
 ) -> ModelSummary:
     from rlcli.core.flops import ACTIVATION_DEFINITION
 
@@ -215,6 +345,7 @@ def _assemble(
         counted_on=counted_on,
         layers=layers,
         uncounted_ops=list(uncounted),
+        cpu_fallback=fallback,
     )
 
 
@@ -248,9 +379,12 @@ def _build(build, where: str):
         raise ModelRunError(f"cannot build {where}: {_first_line(exc)}") from exc
 
 
-def _run(step, where: str):
+def _run(step, where: str, passing: type[Exception] | tuple[type[Exception], ...] = ()):
+    """``step()``, its failures named with ``where``; exceptions of the ``passing`` types go through as they are."""
     try:
         return step()
+    except passing:
+        raise
     except ModelRunError as exc:
         raise ModelRunError(f"{where}: {exc}") from exc
     except Exception as exc:
