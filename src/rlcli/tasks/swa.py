@@ -3,8 +3,9 @@
 w_swa = sum_i a_i w_i / sum_i a_i, with a_i = 1 for the paper's uniform average. One checkpoint is in memory at a
 time (memory-mapped where the format allows) beside one float64 accumulator, so peak memory does not grow with the
 number of inputs. Integer and bool tensors (BatchNorm's ``num_batches_tracked``) are counters, not weights: they
-are taken from the last checkpoint. Averaged weights make BatchNorm statistics stale; with image data they are
-recomputed in one pass, as ``torch.optim.swa_utils.update_bn`` does.
+are taken from the last checkpoint with a non-zero weight. Floating tensors stored in different dtypes are written
+in their type promotion. Averaged weights make BatchNorm statistics stale; with image data they are recomputed in
+one pass, as ``torch.optim.swa_utils.update_bn`` does.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ class MergeReport:
     weighted: bool
     ema: bool  # every input's EMA weights were averaged (--ema, and they all have them)
     averaged: int  # floating tensors averaged in float64
-    copied: list[str]  # integer/bool tensors taken from the last input
+    copied: list[str]  # integer/bool tensors taken from the last input with a non-zero weight
     output: str
     output_format: str
     output_bytes: int
