@@ -112,6 +112,7 @@ def test_a_re_entered_module_counts_each_operator_once():
     assert profile.total_macs == 3 * 10 * 10
     assert rows[""].macs == 3 * 10 * 10  # not 600 (once per stack level)
     assert rows[""].calls == 3
+    assert rows[""].output_shapes == [(1, 10)]  # the first call's, though it returns last
     assert rows["lin"].macs == 3 * 10 * 10 and rows["lin"].calls == 3
 
 

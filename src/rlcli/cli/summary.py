@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 HELP = """Show a model's layers, parameters, MACs/FLOPs and memory, counted without allocating weights.
 
 MODEL is a name from `rl models`, a `package.module:callable` or a `path/to/file.py:callable` that returns an
-nn.Module. The model is built on the meta device: vit_h_14 costs no more memory than resnet18.
+nn.Module. The model is built on the meta device: vit_h_14 costs no more memory than resnet18. A forward pass
+that reads tensor values (.item(), nonzero) is counted on the CPU instead, and the footer says why and at what cost.
 
 Examples:
 

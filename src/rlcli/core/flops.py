@@ -1,8 +1,9 @@
 """Counting multiply-accumulates and output shapes of one forward pass, per module.
 
 The pass runs under a dispatch mode that sees every aten operator, so functional code (``F.linear``, ``q @ k``,
-``scaled_dot_product_attention``) is counted as well as modules. It works on the meta device: only shapes flow,
-no weights are allocated and no arithmetic is done.
+``scaled_dot_product_attention``) is counted as well as modules, and so is what TorchScript runs. It works on the
+meta device, where only shapes flow: no weights are allocated and no arithmetic is done. A pass that reads values
+raises NeedsRealValues; the same counting then runs on real tensors.
 """
 
 from __future__ import annotations
@@ -134,7 +135,7 @@ class _MacCounter(TorchDispatchMode):
         self.stack: list[_Place] = []
         self.total_macs = 0
         self._targets: tuple[list[ModuleRecord], list[_Place]] | None = None
-        self.needs_values: str | None = None  # the first operator that failed for want of data
+        self.needs_values: str | None = None  # the outermost operator that failed for want of data
 
     def push(self, place: _Place) -> None:
         self.stack.append(place)
@@ -195,29 +196,33 @@ class _MacCounter(TorchDispatchMode):
 
 
 class _NewMemory:
-    """Bytes of storage not seen before. Weak references pin each storage's identity (not its memory) for the
-    pass, so a freed storage's address cannot come back as a "new" one that is in fact the old one, or vice versa.
+    """Counts the bytes of storages not seen before; ``already_held`` (weights, inputs) are seen from the start.
+
+    Storages are told apart by identity. A weak reference to each keeps its identity for the pass (not its memory),
+    so a storage freed mid-pass cannot hand its address to a new one, which would then pass for the old.
     """
 
     def __init__(self, already_held: list[torch.Tensor]) -> None:
         self._seen: dict[int, StorageWeakRef] = {}
         self.total = 0
         for tensor in already_held:
-            self.new_bytes(tensor)
-        self.total = 0
+            self._is_new(tensor)
 
     def new_bytes(self, tensor: torch.Tensor) -> int:
+        """The bytes ``tensor`` adds: its whole storage the first time it is seen, else nothing."""
+        size = self._is_new(tensor)
+        self.total += size
+        return size
+
+    def _is_new(self, tensor: torch.Tensor) -> int:
         try:
             storage = tensor.untyped_storage()
         except (RuntimeError, NotImplementedError, TypeError):  # sparse, nested: no single storage to follow
-            size = tensor.numel() * tensor.element_size()
-            self.total += size
-            return size
+            return tensor.numel() * tensor.element_size()
         ref = StorageWeakRef(storage)
         if ref.cdata in self._seen:
             return 0
         self._seen[ref.cdata] = ref
-        self.total += storage.nbytes()
         return storage.nbytes()
 
 
@@ -283,8 +288,7 @@ def _module_places(model: nn.Module) -> tuple[_Place, dict[int, list[_Place]]]:
         scripted = isinstance(module, torch.jit.ScriptModule)
         record = ModuleRecord(
             name=name,
-            # TorchScript wraps every module in one class; the name the user wrote is kept as original_name.
-            type=getattr(module, "original_name", None) or type(module).__name__ if scripted else type(module).__name__,
+            type=_type_name(module, scripted),
             depth=depth,
             is_leaf=not any(child is not None for child in module._modules.values()),
             shared=registrations[id(module)] > 1,
@@ -305,6 +309,12 @@ def _module_places(model: nn.Module) -> tuple[_Place, dict[int, list[_Place]]]:
 
     root = visit("", model, None, frozenset())
     return root, places
+
+
+def _type_name(module: nn.Module, scripted: bool) -> str:
+    # TorchScript wraps every module in one class; the class the user wrote is kept as original_name.
+    original = getattr(module, "original_name", None) if scripted else None
+    return original if isinstance(original, str) else type(module).__name__
 
 
 def _fill_uncalled(place: _Place) -> None:
@@ -366,6 +376,8 @@ def _module_hooks(places: dict[int, list[_Place]], counter: _MacCounter, memory:
     """
     order = itertools.count()
     handles = []
+    # Where each place's first call sits on the stack until it returns (a re-entered module's returns last).
+    first_call_at: dict[int, int] = {}
 
     def pre_hook(module, args):
         group = places.get(id(module))
@@ -375,17 +387,21 @@ def _module_hooks(places: dict[int, list[_Place]], counter: _MacCounter, memory:
         record = place.record
         if not record.calls:
             record.first_call = next(order)
+            first_call_at[id(place)] = len(counter.stack)
         record.calls += 1
         counter.push(place)
 
     def post_hook(module, args, output):
-        place = next((p for p in reversed(counter.stack) if p.module is module), None)
-        if place is None:
+        stack = counter.stack
+        index = next((i for i in range(len(stack) - 1, -1, -1) if stack[i].module is module), None)
+        if index is None:
             return
+        place = stack[index]
         counter.pop(module)
         tensors = [t for t in tree_flatten(output)[0] if isinstance(t, torch.Tensor)]
         record = place.record
-        if record.calls == 1:
+        if first_call_at.get(id(place)) == index:
+            del first_call_at[id(place)]
             record.output_shapes = [tuple(t.shape) for t in tensors]
         record.output_bytes += sum(memory.new_bytes(t) for t in tensors)
 
