@@ -397,6 +397,7 @@ def test_a_signal_while_writing_leaves_no_temporary_file(tmp_path, signal_name, 
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == code, stderr
     assert "error" not in stderr, stderr
+    assert stderr.strip().endswith("terminated" if signal_name == "SIGTERM" else "interrupted"), stderr
     assert os.listdir(out_dir) == []  # neither the output nor the hidden temporary file
 
 
@@ -671,3 +672,11 @@ def test_cli_report_and_json(rl, tmp_path, checkpoints):
     again = rl("swa-merge", *map(str, checkpoints), "-o", str(out))
     assert again.code == 1 and again.stderr == f"error: cannot write {out}: it exists (use --force to replace it)\n"
     assert rl("swa-merge", str(checkpoints[0]), "-o", str(tmp_path / "x.pt"), "--weights", "1,2").code == 2
+
+
+def test_a_dangling_link_at_the_output_is_in_the_way(tmp_path, checkpoints):
+    out = tmp_path / "swa.pt"
+    out.symlink_to(tmp_path / "nowhere.pt")
+    with pytest.raises(RlError, match="it exists"):
+        merge_checkpoints(checkpoints, out)
+    assert out.is_symlink() and not (tmp_path / "nowhere.pt").exists()

@@ -132,6 +132,9 @@ def main() -> None:
         sys.exit(143)
     except Exception as exc:
         _fail(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", 1)
+    if code == 130:
+        # typer turns Ctrl-C inside a command into Exit(130), which reaches us as a plain return value.
+        sys.stderr.write("\ninterrupted\n")
     sys.exit(code if isinstance(code, int) else 0)
 
 

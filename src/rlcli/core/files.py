@@ -31,7 +31,7 @@ def check_output_file(path: str | os.PathLike[str], *, force: bool = False) -> N
     target = Path(path)
     if target.is_dir():
         raise cannot_write(target, "it is a folder")
-    if target.exists() and not force:
+    if os.path.lexists(target) and not force:  # lexists: a dangling link is in the way too
         raise cannot_write(target, EXISTS)
     folder = target.parent if str(target.parent) else Path(".")
     if not folder.is_dir():
