@@ -12,7 +12,17 @@ from torch.nn.modules import module as module_hooks
 from rlcli.core.flops import profile_forward
 from rlcli.core.meta import build_on_meta
 from rlcli.errors import ModelRunError
-from tiny_models import Attention, Cyclic, FixedInputNet, PassThrough, Recursive, SharedActivation, TinyNet, Unrolled
+from tiny_models import (
+    Attention,
+    Cyclic,
+    Discarding,
+    FixedInputNet,
+    PassThrough,
+    Recursive,
+    SharedActivation,
+    TinyNet,
+    Unrolled,
+)
 
 
 def meta_input(*shape: int) -> tuple[torch.Tensor]:
@@ -73,6 +83,13 @@ def test_in_place_results_views_and_passed_through_inputs_are_no_new_memory():
     net = build_on_meta(PassThrough).eval()
     profile = profile_forward(net, meta_input(3, 8))
     assert profile.activation_bytes == 3 * 8 * 4  # the Linear's output, and nothing after it
+
+
+def test_a_freed_outputs_storage_is_not_taken_for_a_later_one():
+    net = build_on_meta(Discarding)
+    profile = profile_forward(net, meta_input(2, 8))
+    # Each call's output is new memory, though the one before was freed (its address may come back).
+    assert profile.activation_bytes == 20 * 2 * 8 * 4
 
 
 def test_resnet18_activation_bytes_equal_the_outputs_that_allocate():

@@ -316,3 +316,16 @@ def traced_item_net() -> nn.Module:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)  # the value read becomes a constant: intended
         return torch.jit.trace(ItemNet(), example, check_trace=False)
+
+
+class Discarding(nn.Module):
+    """Applies one Linear 20 times to the same input, dropping each output: 20 allocations, each freed at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for _ in range(20):
+            y = self.lin(x)
+        return y
