@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from rlcli.cli._completion import SHELLS, completion_script
-from rlcli.tasks.index import build_index
 from rlcli.models.catalog import INDEX_PATH
+from rlcli.tasks.index import build_index
 
 ROOT = Path(__file__).resolve().parent.parent
 
