@@ -5,7 +5,9 @@ No torch here: the checks run before anything heavy is imported or allocated.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 
 from rlcli.errors import UsageError
 
@@ -48,3 +50,38 @@ def check_fits_in_memory(needed: float, what: str) -> None:
             f"{what} needs at least {human_bytes(needed)} of memory; this machine has {human_bytes(available)} "
             f"available"
         )
+
+
+class PeakMemory:
+    """Filled in when the measured block ends: bytes the peak RSS rose by, or None where it cannot be read."""
+
+    increase: int | None = None
+
+
+@contextlib.contextmanager
+def peak_rss_increase() -> Iterator[PeakMemory]:
+    """Measure how far the peak resident memory rises above the current RSS (Linux: reset the peak through
+    ``/proc/self/clear_refs``, then read VmHWM)."""
+    probe = PeakMemory()
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as handle:
+            handle.write("5")  # 5: reset the peak RSS (VmHWM) to the current RSS
+        before = _proc_status_bytes("VmRSS")
+    except OSError:
+        before = None
+    try:
+        yield probe
+    finally:
+        peak = _proc_status_bytes("VmHWM") if before is not None else None
+        probe.increase = max(0, peak - before) if peak is not None and before is not None else None
+
+
+def _proc_status_bytes(field_name: str) -> int | None:
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith(f"{field_name}:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None

@@ -6,9 +6,7 @@ counter -> gather statistics into a plain object. Rendering is the CLI's job.
 
 from __future__ import annotations
 
-import contextlib
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -171,8 +169,10 @@ def _summarize_on_cpu(spec, size, batch_size, depth, where, reason, meta_net=Non
     if meta_net is not None:
         _check_weights_fit(meta_net, where, reason)
         del meta_net
+    from rlcli.core.resources import peak_rss_increase
+
     where = f"{where} (on the CPU, because {reason})"
-    with torch.random.fork_rng(devices=[]), _peak_rss_increase() as peak:
+    with torch.random.fork_rng(devices=[]), peak_rss_increase() as peak:
         torch.manual_seed(0)
         net = _eval(_build(lambda: spec.build(size), where))
         inputs, filled = _real_input(spec, size, batch_size)
@@ -214,39 +214,6 @@ def _check_weights_fit(meta_net, where: str, reason: str) -> None:
             f"{where}: {reason}, and counting on the CPU instead would allocate {human_bytes(needed)} of weights, "
             f"more than the {human_bytes(available)} available"
         )
-
-
-class _PeakMemory:
-    increase: int | None = None
-
-
-@contextlib.contextmanager
-def _peak_rss_increase() -> Iterator[_PeakMemory]:
-    """Measure how far the peak resident memory rises above the current RSS (Linux: reset the peak through
-    ``/proc/self/clear_refs``, then read VmHWM)."""
-    probe = _PeakMemory()
-    try:
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as handle:
-            handle.write("5")  # 5: reset the peak RSS (VmHWM) to the current RSS
-        before = _proc_status_bytes("VmRSS")
-    except OSError:
-        before = None
-    try:
-        yield probe
-    finally:
-        peak = _proc_status_bytes("VmHWM") if before is not None else None
-        probe.increase = max(0, peak - before) if peak is not None and before is not None else None
-
-
-def _proc_status_bytes(field_name: str) -> int | None:
-    try:
-        with open("/proc/self/status", encoding="ascii") as handle:
-            for line in handle:
-                if line.startswith(f"{field_name}:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
 
 
 def _summarize_with_fvcore(spec, size, batch_size, depth, where) -> ModelSummary:
