@@ -7,7 +7,8 @@ random-weight checkpoints of each model, then, in one run and each in a fresh pr
   batched forward), timed from the first image to the last like the others (worker start-up included); exact
   decoding, the default;
 - rl --draft: the same with the opt-in fast JPEG decoding (reduced DCT scale), and how far its probabilities are
-  from the exact run's (max |difference| over every image's top-5, and how many top-1 labels changed);
+  from the exact run's (max |difference| over every image's top-5, and how many top-1 labels changed; random
+  weights, so this is indicative only) and how far its preprocessed pixels are (model-independent);
 - naive: for each image, PIL open -> weights.transforms() -> model(batch of 1);
 - ceiling: the same model on tensors decoded beforehand (decoding not timed), at rl's batch size and memory format.
 
@@ -80,7 +81,7 @@ pixels = torch.stack([preprocess(open_rgb(p)) for p in sorted(Path(folder).glob(
 started = time.perf_counter()
 with torch.inference_mode():
     for chunk in pixels.split(batch):
-        if channels_last:
+        if card.channels_last:
             chunk = chunk.contiguous(memory_format=torch.channels_last)
         net(chunk).softmax(-1).topk(5)
 print(json.dumps({"seconds": time.perf_counter() - started, "images": len(pixels)}))
@@ -103,6 +104,27 @@ def make_images(folder: Path, count: int, seed: int = 0) -> None:
         noise = generator.normal(0, 8, (height, width, 3))
         pixels = np.clip(np.asarray(image, dtype=np.float64) + noise, 0, 255).astype(np.uint8)
         Image.fromarray(pixels).save(folder / f"img{index:04d}.jpg", quality=90)
+
+
+def draft_pixel_difference(folder: Path, model: str) -> str:
+    """How far --draft's preprocessed pixels are from the exact decode's, in normalised units (model-independent)."""
+    from rlcli.core.images import open_rgb
+    from rlcli.models.registry import get_spec
+
+    preprocess = get_spec(model).card.preprocess
+    worst, total, count, changed = 0.0, 0.0, 0, 0
+    for path in sorted(folder.glob("*.jpg")):
+        exact = preprocess(open_rgb(path))
+        fast = preprocess(open_rgb(path, draft_size=preprocess.resize))
+        difference = (exact - fast).abs()
+        worst = max(worst, difference.max().item())
+        total += difference.sum().item()
+        count += difference.numel()
+        changed += bool(difference.max() > 0)
+    return (
+        f"--draft pixels ({preprocess.resize} -> {preprocess.crop}): {changed} images decoded differently; "
+        f"max |difference| {worst:.4f}, mean {total / count:.5f} (normalised units)"
+    )
 
 
 def draft_cost(exact: dict, draft: dict, speeds: dict) -> str:
@@ -149,7 +171,8 @@ def main() -> None:
                 f"{model:20} rl / naive {speeds['rl'] / speeds['naive']:.2f}x (target >= 1.5x), "
                 f"rl / ceiling {speeds['rl'] / speeds['ceiling']:.2f}x (target >= 0.9x)"
             )
-            print(f"{model:20} {draft_cost(top5['rl'], top5['rl-draft'], speeds)}\n")
+            print(f"{model:20} {draft_cost(top5['rl'], top5['rl-draft'], speeds)}")
+            print(f"{model:20} {draft_pixel_difference(folder, model)}\n")
 
 
 if __name__ == "__main__":

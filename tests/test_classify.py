@@ -381,3 +381,17 @@ def test_absurd_preprocessing_options_are_usage_errors_up_front(
     result = rl("classify", *paths, "-m", SHAPENET, "-w", str(shapes_checkpoint), option, value)
     assert result.code == 2 and result.stdout == ""
     assert message in result.stderr and result.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("name", ["resnet18", "efficientnet_b3", "vit_b_16", "regnet_y_16gf", "inception_v3"])
+def test_preprocessing_is_bit_for_bit_the_weights_transform(name, tmp_path):
+    """The card's preprocessing and the default decode give exactly the tensor torchvision's transform gives
+    (bilinear and bicubic, several resize/crop pairs), on a camera-sized JPEG."""
+    import torchvision
+
+    from rlcli.models.registry import get_spec
+
+    photo = tmp_path / "photo.jpg"
+    photo_like(2400, 1800, seed=1).save(photo, quality=92)
+    expected = torchvision.models.get_model_weights(name).DEFAULT.transforms()(Image.open(photo).convert("RGB"))
+    assert torch.equal(get_spec(name).card.preprocess(open_rgb(photo)), expected)
