@@ -246,3 +246,16 @@ def test_no_cpu_fallback_when_the_weights_would_not_fit(monkeypatch):
     monkeypatch.setattr(resources, "available_memory_bytes", lambda: 100)  # Linear(6, 4) holds 112 bytes
     with pytest.raises(ModelRunError, match=r"aten::nonzero needs real values, and counting on the CPU instead would"):
         summarize("tiny_models:NonzeroNet", input_size="6")
+
+
+def test_a_model_file_imports_its_sibling_modules(tmp_path, monkeypatch):
+    """`rl summary nets/model.py:make` with `from blocks import Block` inside, run from another folder: the file's
+    folder is importable, as `python nets/model.py` would make it."""
+    nets = tmp_path / "nets"
+    nets.mkdir()
+    (nets / "blocks_for_rl_test.py").write_text("from torch import nn\n\nclass Block(nn.Linear):\n    pass\n")
+    (nets / "model.py").write_text("from blocks_for_rl_test import Block\n\ndef make():\n    return Block(6, 4)\n")
+    monkeypatch.chdir(tmp_path.parent)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    summary = summarize(f"{nets / 'model.py'}:make", input_size="6")
+    assert summary.params == 6 * 4 + 4 and summary.macs == 6 * 4
