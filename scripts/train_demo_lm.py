@@ -9,10 +9,10 @@ modern-spelling `*_gut.txt` files; the First Folio `*_gut_f.txt` duplicates are 
 licence lines stripped. Two whole plays are held out for validation: Hamlet and Twelfth Night.
 
 Tokenizer: byte-level BPE (`tokenizers`), 4,096 tokens including <|endoftext|>, trained on the training plays.
-Model: the project's GPT-2 (rlcli.models.gpt2) with 4 layers, 4 heads, 256 channels, a 256-token context: 4.3 M
+Model: the project's GPT-2 (rlcli.models.language.gpt2) with 4 layers, 4 heads, 256 channels, a 256-token context: 4.3 M
 parameters. AdamW, cosine learning rate with warm-up, bfloat16 autocast, seed 0, a fixed number of steps.
 
-Writes into src/rlcli/models/demo_lm/: config.json, model.safetensors (float16, in the Hugging Face GPT-2 layout
+Writes into src/rlcli/models/language/demo_lm/: config.json, model.safetensors (float16, in the Hugging Face GPT-2 layout
 so that the same loader reads it), tokenizer.json and card.json (the figures for the README's model card), and
 docs/demo_lm_loss.png.
 """
@@ -34,7 +34,7 @@ import torch
 from torch.nn import functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
-OUTPUT = ROOT / "src" / "rlcli" / "models" / "demo_lm"
+OUTPUT = ROOT / "src" / "rlcli" / "models" / "language" / "demo_lm"
 PLOT = ROOT / "docs" / "demo_lm_loss.png"
 HISTORY = ROOT / "docs" / "demo_lm_history.json"  # the loss curve's numbers, so the card can be rebuilt
 HELD_OUT = ("hamlet", "twelfth_night")
@@ -156,7 +156,7 @@ def main() -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from rlcli.core.checkpoints import save_checkpoint
-    from rlcli.models.gpt2 import GPT2, GPT2Config, to_hf_state_dict
+    from rlcli.models.language.gpt2 import GPT2, GPT2Config, to_hf_state_dict
     from rlcli.tasks.generate import load_language_model, negative_log_likelihood, perplexity
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

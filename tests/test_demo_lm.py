@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from rlcli.models.gpt2 import DEMO_FOLDER
+from rlcli.models.language.gpt2 import DEMO_FOLDER
 from rlcli.tasks.generate import Generator, SamplingOptions, load_language_model, perplexity
 
 SLICE = Path(__file__).parent / "data" / "hamlet_slice.txt"  # Hamlet I.i, a held-out play

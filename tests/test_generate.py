@@ -400,7 +400,7 @@ def test_cli_samples_are_printed_as_they_finish(rl, tiny_dir, monkeypatch):
     import itertools
     import re
 
-    from rlcli.models.gpt2 import GPT2
+    from rlcli.models.language.gpt2 import GPT2
 
     args = ["generate", "-m", str(tiny_dir), "--seed", "0", "-n", "12", "--top-k", "0", "--stop", "o"]
     args += ["--num-samples", "6"]

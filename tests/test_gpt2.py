@@ -73,7 +73,7 @@ def test_greedy_output_past_the_context_matches_the_reference_on_the_same_window
 
 
 def test_kv_cache_equals_full_recomputation(lm):
-    from rlcli.models.gpt2 import KVCache
+    from rlcli.models.language.gpt2 import KVCache
 
     ids = torch.randint(0, lm.config.vocab_size, (1, 30), generator=torch.Generator().manual_seed(2))
     with torch.inference_mode():
@@ -192,7 +192,7 @@ def hf_variant(tmp_path, changes):
 
 @pytest.mark.parametrize("changes", VARIANTS.values(), ids=VARIANTS.keys())
 def test_config_variants_match_the_reference(tmp_path, changes):
-    from rlcli.models.gpt2 import KVCache
+    from rlcli.models.language.gpt2 import KVCache
 
     folder, reference = hf_variant(tmp_path, changes)
     lm = load_language_model(str(folder), device="cpu")

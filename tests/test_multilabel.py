@@ -11,7 +11,7 @@ from PIL import Image
 
 from image_fixtures import write_shapes
 from rlcli.errors import CheckpointError
-from rlcli.models.csra import TEMPERATURES, MultiHeadCSRA, ResNetCSRA
+from rlcli.models.heads.csra import TEMPERATURES, MultiHeadCSRA, ResNetCSRA
 from rlcli.tasks.multilabel import COCO, VOC2007, Truth, average_precision, evaluate, load_csra
 
 

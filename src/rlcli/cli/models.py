@@ -26,6 +26,9 @@ def register(app: typer.Typer) -> None:
 
 def models_command(
     pattern: str | None = typer.Argument(None, help="Glob or substring to filter names and families."),
+    paper: bool = typer.Option(
+        False, "--paper", help="Models with a paper card: the paper's published figures beside rl's count."
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON document."),
     csv_out: bool = typer.Option(False, "--csv", help="Print CSV."),
 ) -> None:
@@ -34,8 +37,13 @@ def models_command(
     fmt = choose_format(json_out, csv_out)
     index = load_index()
     entries = find_models(pattern)
+    if paper:
+        entries = [e for e in entries if e.paper]
     if not entries:
-        raise RlError(f"no model matches '{pattern}'")
+        raise RlError(f"no model {'with a paper card ' if paper else ''}matches '{pattern}'")
+    if paper:
+        print_papers(entries, fmt, index.convention)
+        return
     fields = ("name", "family", "source", "task", "params", "macs", "input_size")
     if fmt == "json":
         print_json(
@@ -62,3 +70,82 @@ def models_command(
             "`rl summary MODEL` shows the layers; any pkg.module:callable or file.py:callable works there too.",
         ]
         print_table(columns, rows, footer=footer)
+
+
+def paper_checks(entry) -> dict:
+    """rl's count at the paper's input against each figure the paper prints (no torch: figures from the index)."""
+    from dataclasses import asdict
+
+    from rlcli.models.catalog import check_figure
+
+    card = entry.paper
+    checks = {
+        "params": check_figure(card.get("params"), card["rl_params"]),
+        "macs": check_figure(card.get("macs"), card["rl_macs"]),
+        "flops": check_figure(card.get("flops"), 2 * card["rl_macs"]),
+    }
+    return {name: asdict(check) for name, check in checks.items() if check is not None}
+
+
+def print_papers(entries, fmt, convention: str) -> None:
+    fields = ("name", "cite", "source", "input_size", "params", "rl_params", "macs", "flops", "rl_macs", "note")
+    if fmt == "json":
+        print_json(
+            {
+                "convention": convention,
+                "models": [{"name": e.name, **e.paper, "checks": paper_checks(e)} for e in entries],
+            }
+        )
+        return
+    if fmt == "csv":
+        print_csv(fields, [[e.name if f == "name" else e.paper.get(f) for f in fields] for e in entries])
+        return
+    notes: dict[str, int] = {}
+    rows = []
+    for entry in entries:
+        card, checks = entry.paper, paper_checks(entry)
+        note = card.get("note") or ""
+        mark = f"[{notes.setdefault(note, len(notes) + 1)}]" if note else ""
+        compute = checks.get("macs") or checks.get("flops")
+        label = "FLOPs" if "flops" in checks and "macs" not in checks else "MACs"
+        rows.append(
+            [
+                entry.name,
+                card["cite"],
+                card["source"],
+                card["input_size"],
+                card.get("params") or "-",
+                thousands(card["rl_params"]),
+                _difference(checks.get("params")),
+                f"{compute['printed']} {label}" if compute else "-",
+                si(card["rl_macs"] * (2 if label == "FLOPs" else 1)),
+                _difference(compute),
+                mark,
+            ]
+        )
+    columns = [
+        Column("Model"),
+        Column("Paper"),
+        Column("Where"),
+        Column("Input"),
+        Column("Params (paper)", "right"),
+        Column("Params (rl)", "right"),
+        Column("Δ", "right"),
+        Column("MACs (paper)", "right"),
+        Column("rl", "right"),
+        Column("Δ", "right"),
+        Column("Why"),
+    ]
+    footer = [
+        f"{len(entries)} models with a paper card. rl counts at each paper's input, batch 1; {convention}. "
+        "Papers' 'FLOPs' are usually multiply-adds: rl compares them with its MACs, and true FLOPs with 2 x MACs. "
+        "'=' is within the rounding of the printed figure.",
+        *(f"[{number}] {note}" for note, number in notes.items()),
+    ]
+    print_table(columns, rows, footer=footer)
+
+
+def _difference(check: dict | None) -> str:
+    if check is None:
+        return ""
+    return "=" if check["within_rounding"] else f"{100 * check['difference']:+.1f}%"

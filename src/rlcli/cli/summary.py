@@ -154,6 +154,7 @@ def footer(summary: ModelSummary) -> list[str]:
         f"Weights: {size_bytes(weights)} ({dtypes}); buffers {size_bytes(summary.buffer_bytes)}",
         f"MACs: {thousands(summary.macs)} ({si(summary.macs)}); FLOPs: {thousands(summary.flops)} "
         f"({si(summary.flops)}), FLOPs = 2 x MACs",
+        *paper_lines(summary.paper, summary.input_size),
         f"Activations: {size_bytes(summary.activation_bytes)} ({summary.activation_definition})",
         *_per_token(summary),
         f"Counted by {summary.counter} on {where}. Params and MACs of a row include its submodules.",
@@ -163,6 +164,37 @@ def footer(summary: ModelSummary) -> list[str]:
     if summary.uncounted_ops:
         lines.append(f"Not counted by fvcore: {', '.join(summary.uncounted_ops)}.")
     return lines
+
+
+def paper_lines(comparison, input_size: list[int]) -> list[str]:
+    """The paper's own figures beside rl's count: what a reader of the paper checks first."""
+    if comparison is None:
+        return []
+    paper, published = comparison.paper, comparison.published
+    at = "x".join(map(str, published.input_size))
+    figures = [_figure("params", comparison.params)]
+    if comparison.macs_compared:
+        figures += [_figure("MACs", comparison.macs), _figure("FLOPs", comparison.flops)]
+    else:
+        printed = published.macs or published.flops
+        if printed:
+            counted = "x".join(map(str, input_size))
+            figures.append(f"MACs/FLOPs {printed} at {at}: not compared (this count is at {counted})")
+    lines = [
+        f"Paper: {paper.title} ({paper.cite()}), {published.source}, input {at}: " + "; ".join(f for f in figures if f)
+    ]
+    if published.convention:
+        lines.append(f"  Paper's convention: {published.convention}.")
+    if published.note:
+        lines.append(f"  Difference explained: {published.note}.")
+    return lines
+
+
+def _figure(name: str, check) -> str:
+    if check is None:
+        return ""
+    rounding = ", within rounding" if check.within_rounding else ""
+    return f"{name} {check.printed} vs rl {thousands(check.rl)} ({100 * check.difference:+.1f} %{rounding})"
 
 
 def _per_token(summary: ModelSummary) -> list[str]:

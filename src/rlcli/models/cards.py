@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rlcli.core.images import Preprocess
+from rlcli.models.catalog import FigureCheck, check_figure
 
 INPUT_KINDS = ("image", "tokens", "tensor")
 
@@ -28,6 +29,33 @@ class Paper:
     authors: str
     year: int
     url: str
+    arxiv: str | None = None  # the arXiv id, e.g. "1704.04861"
+
+    def cite(self) -> str:
+        """``Howard et al. 2017, arXiv 1704.04861``: the short form a table row has room for."""
+        first = self.authors.split(",")[0].strip()
+        who = first.split()[-1] + (" et al." if "," in self.authors else "")
+        return f"{who} {self.year}" + (f", arXiv {self.arxiv}" if self.arxiv else "")
+
+
+@dataclass(frozen=True)
+class Published:
+    """The figures a paper (or its official README) prints for one model, exactly as printed.
+
+    ``params`` and ``macs``/``flops`` are the printed text ("4.2M", "569M", "3.87G"), so that their precision is
+    known: a difference within half a unit of the last printed digit is rounding. ``macs`` are multiply-accumulates
+    (most papers print these under the name "FLOPs": ``convention`` says so); ``flops`` is for a source that
+    prints true floating-point operations (2 per multiply-accumulate). ``note`` is the one-line reason when rl's
+    count differs by more than rounding.
+    """
+
+    input_size: tuple[int, ...]  # the input the figures refer to, one sample
+    source: str  # where they are printed: "Table 8", "official README"
+    params: str | None = None
+    macs: str | None = None
+    flops: str | None = None
+    convention: str = ""
+    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -48,6 +76,7 @@ class ModelCard:
     preprocess: Preprocess | None = None
     classes: tuple[str, ...] | None = None
     paper: Paper | None = None
+    published: Published | None = None
 
     @property
     def input_dtype(self) -> str:
@@ -62,3 +91,34 @@ class ModelCard:
     def __post_init__(self) -> None:
         if self.input_kind not in INPUT_KINDS:
             raise ValueError(f"input_kind must be one of {', '.join(INPUT_KINDS)}, not {self.input_kind!r}")
+
+
+@dataclass(frozen=True)
+class PaperComparison:
+    """A model's paper card beside rl's count: what ``rl summary`` prints under the totals and ``rl models --paper``
+    lists. MACs are compared only at the paper's own input (one sample); parameters always."""
+
+    paper: Paper
+    published: Published
+    macs_compared: bool  # False when the count is at another input than the paper's (or by another counter)
+    params: FigureCheck | None
+    macs: FigureCheck | None
+    flops: FigureCheck | None
+
+
+def compare_with_paper(
+    card: ModelCard, input_size: tuple[int, ...], params: int, macs_per_sample: int | None
+) -> PaperComparison | None:
+    """The card's published figures against rl's ``params`` and ``macs_per_sample`` (None: not comparable)."""
+    if card.paper is None or card.published is None:
+        return None
+    published = card.published
+    comparable = macs_per_sample is not None and tuple(input_size) == tuple(published.input_size)
+    return PaperComparison(
+        paper=card.paper,
+        published=published,
+        macs_compared=comparable,
+        params=check_figure(published.params, params),
+        macs=check_figure(published.macs, macs_per_sample) if comparable else None,
+        flops=check_figure(published.flops, 2 * macs_per_sample) if comparable else None,
+    )

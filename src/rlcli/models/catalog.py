@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import json
+import re
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -25,6 +26,7 @@ class IndexEntry:
     params: int
     macs: int
     input_size: str
+    paper: dict | None = None  # the paper card's figures, and rl's at the paper's input (see tasks/index.py)
 
 
 @dataclass(frozen=True)
@@ -59,3 +61,44 @@ def suggest(name: str, names: list[str], limit: int = 3) -> list[str]:
     if not matches:
         matches = [n for n in names if n.startswith(name)][:limit]
     return matches
+
+
+# Papers write millions as M and billions as G or B.
+_PREFIXES = {"": 1, "K": 1e3, "M": 1e6, "G": 1e9, "B": 1e9, "T": 1e12}
+_PRINTED = re.compile(r"^\s*(\d*\.?(\d+))\s*([KMGBT]?)\s*$")
+
+
+def printed_value(text: str) -> tuple[float, float]:
+    """``"4.2M"`` -> (4.2e6, 0.05e6): the value a printed figure states and the half-unit of its last digit."""
+    match = _PRINTED.match(text)
+    if not match:
+        raise ValueError(f"not a printed figure: {text!r} (expected e.g. 4.2M, 569M, 3.87G)")
+    number, prefix = match.group(1), match.group(3)
+    decimals = len(number.split(".")[1]) if "." in number else 0
+    scale = _PREFIXES[prefix]
+    return float(number) * scale, 0.5 * 10**-decimals * scale
+
+
+@dataclass(frozen=True)
+class FigureCheck:
+    """One published figure beside rl's count of the same thing."""
+
+    printed: str
+    published: float
+    rl: int
+    difference: float  # (rl - published) / published
+    within_rounding: bool
+
+
+def check_figure(printed: str | None, counted: int | None) -> FigureCheck | None:
+    """rl's ``counted`` against a ``printed`` figure, or None where either is missing."""
+    if printed is None or counted is None:
+        return None
+    value, half_unit = printed_value(printed)
+    return FigureCheck(
+        printed=printed,
+        published=value,
+        rl=counted,
+        difference=(counted - value) / value if value else 0.0,
+        within_rounding=abs(counted - value) <= half_unit,
+    )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import math
+import pkgutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
@@ -22,11 +23,12 @@ from torch import nn
 
 from rlcli.core.images import Preprocess
 from rlcli.errors import CheckpointError, ModelNotFoundError
-from rlcli.models.cards import ModelCard, Paper
+from rlcli.models.cards import ModelCard, Paper, Published
 from rlcli.models.catalog import suggest
 
-# Modules holding rlcli's own architectures; imported on first use of the registry so that they can register.
-_OWN_MODEL_MODULES: tuple[str, ...] = ("rlcli.models.gpt2", "rlcli.models.csra")
+# Packages holding rlcli's own architectures, one file per paper; every module in them is imported on first use of
+# the registry so that it can register (a new paper file needs no line here).
+_OWN_MODEL_PACKAGES: tuple[str, ...] = ("rlcli.models.vision", "rlcli.models.language", "rlcli.models.heads")
 
 Builder = Callable[..., nn.Module]
 
@@ -157,6 +159,7 @@ def register_model(
     preprocess: Preprocess | None = None,
     classes: tuple[str, ...] | None = None,
     paper: Paper | None = None,
+    published: Published | None = None,
     arguments: Callable[..., Any] | None = None,
 ) -> Callable[[Builder], Builder]:
     """Register one of rlcli's own architectures under ``name`` (timm's ``@register_model`` pattern)."""
@@ -174,6 +177,7 @@ def register_model(
             preprocess=preprocess,
             classes=classes,
             paper=paper,
+            published=published,
         )
         _OWN_MODELS[name] = ModelSpec(card=card, builder=builder, arguments=arguments)
         return builder
@@ -212,8 +216,9 @@ def get_spec(name: str, *, user_code: bool = False) -> ModelSpec:
 
 @cache
 def _own_specs() -> dict[str, ModelSpec]:
-    for module in _OWN_MODEL_MODULES:
-        importlib.import_module(module)
+    for package in _OWN_MODEL_PACKAGES:
+        for module in pkgutil.iter_modules(importlib.import_module(package).__path__):
+            importlib.import_module(f"{package}.{module.name}")
     return dict(_OWN_MODELS)
 
 

@@ -26,7 +26,7 @@ from rlcli.core.resources import check_fits_in_memory
 from rlcli.core.text import END_OF_TEXT, load_tokenizer
 from rlcli.errors import CheckpointError, RlError, UsageError
 from rlcli.models.catalog import suggest
-from rlcli.models.gpt2 import (
+from rlcli.models.language.gpt2 import (
     CONV1D_WEIGHTS,
     DEMO_FOLDER,
     DEMO_NAME,

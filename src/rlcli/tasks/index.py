@@ -27,17 +27,18 @@ def build_index() -> dict[str, Any]:
     for name in model_names():
         spec = get_spec(name)
         summary = summarize(name, depth=0)
-        entries.append(
-            {
-                "name": name,
-                "family": spec.card.family,
-                "source": spec.card.source,
-                "task": spec.card.task,
-                "params": summary.params,
-                "macs": summary.macs,
-                "input_size": format_size(spec.card.default_input),
-            }
-        )
+        entry = {
+            "name": name,
+            "family": spec.card.family,
+            "source": spec.card.source,
+            "task": spec.card.task,
+            "params": summary.params,
+            "macs": summary.macs,
+            "input_size": format_size(spec.card.default_input),
+        }
+        if spec.card.published is not None:
+            entry["paper"] = paper_entry(spec, summary)
+        entries.append(entry)
     return {
         "generated_by": "python scripts/update_generated.py",
         "convention": CONVENTION,
@@ -46,6 +47,27 @@ def build_index() -> dict[str, Any]:
             "torchvision": torchvision.__version__.split("+")[0],
         },
         "models": entries,
+    }
+
+
+def paper_entry(spec, summary) -> dict[str, Any]:
+    """The paper card as ``rl models --paper`` shows it, with rl's count at the paper's own input."""
+    from dataclasses import asdict
+
+    from rlcli.core.shapes import format_size
+    from rlcli.tasks.summary import summarize_spec
+
+    paper, published = spec.card.paper, spec.card.published
+    at_paper = summary
+    if tuple(published.input_size) != tuple(summary.input_size):
+        at_paper = summarize_spec(spec, tuple(published.input_size), depth=0)
+    return {
+        **asdict(paper),
+        "cite": paper.cite(),
+        **{k: v for k, v in asdict(published).items() if k != "input_size"},
+        "input_size": format_size(published.input_size),
+        "rl_params": at_paper.params,
+        "rl_macs": at_paper.macs,
     }
 
 

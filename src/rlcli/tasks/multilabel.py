@@ -25,7 +25,7 @@ from rlcli.core.images import ImageBatch
 from rlcli.core.inference import InferenceModel, RunOptions, forward_batches
 from rlcli.core.inputs import Input, Problem
 from rlcli.errors import CheckpointError, RlError, UsageError
-from rlcli.models.csra import OFFICIAL_LAMBDA, TEMPERATURES, head_count, infer_resnet_depth
+from rlcli.models.heads.csra import OFFICIAL_LAMBDA, TEMPERATURES, head_count, infer_resnet_depth
 from rlcli.tasks.classify import Classifier
 
 # --- class lists ---------------------------------------------------------------------------------------------

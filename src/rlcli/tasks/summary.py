@@ -85,6 +85,7 @@ class ModelSummary:
     tokens: int | None = None  # for language models: tokens per sequence in the example input
     macs_per_token: int | None = None
     cpu_fallback: CpuFallback | None = None  # set when the forward pass needed real values
+    paper: Any = None  # a models.cards.PaperComparison when the model has a paper card
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -288,7 +289,12 @@ def _assemble(
         if depth is None or record.depth <= depth
     ]
     tokens = size[0] * batch_size if spec.card.input_kind == "tokens" else None
+    from rlcli.models.cards import compare_with_paper
+
+    # Papers state one sample's cost with torchvision's convention; fvcore's counts are not comparable.
+    per_sample = int(profile.total_macs) // batch_size if counter == "rlcli" else None
     return ModelSummary(
+        paper=compare_with_paper(spec.card, tuple(size), total, per_sample),
         tokens=size[0] if tokens else None,
         macs_per_token=int(profile.total_macs) // tokens if tokens else None,
         model=spec.card.name,

@@ -1,0 +1,1 @@
+"""Heads added onto backbones: CSRA."""

@@ -1,0 +1,1 @@
+"""Language models: GPT-2 and its bundled demo."""

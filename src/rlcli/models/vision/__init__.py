@@ -1,0 +1,1 @@
+"""The reading list's vision networks, one file per paper."""
