@@ -46,7 +46,7 @@ def test_plain_state_dict_has_no_info(tmp_path, weights, suffix):
     assert_same(loaded.state_dict, weights)
 
 
-@pytest.mark.parametrize("key", ["state_dict", "model", "state_dict_ema", "model_ema"])
+@pytest.mark.parametrize("key", ["state_dict", "model", "state_dict_ema", "model_ema", "params", "params_ema"])
 def test_nested_training_checkpoints_are_unwrapped(tmp_path, weights, key):
     path = tmp_path / "train.pth"
     torch.save({key: weights, "epoch": 90, "optimizer": {"lr": 0.1}}, path)
@@ -61,6 +61,10 @@ def test_ema_is_preferred_only_when_asked(tmp_path, weights):
     torch.save({"state_dict": weights, "state_dict_ema": ema}, path)
     assert_same(load_checkpoint(path).state_dict, weights)
     assert_same(load_checkpoint(path, prefer_ema=True).state_dict, ema)
+    basicsr = tmp_path / "swinir.pth"  # BasicSR's layout, as SwinIR's released files have it
+    torch.save({"params": weights, "params_ema": ema}, basicsr)
+    assert_same(load_checkpoint(basicsr).state_dict, weights)
+    assert_same(load_checkpoint(basicsr, prefer_ema=True).state_dict, ema)
 
 
 def test_wrapper_prefixes_are_stripped(tmp_path, weights):

@@ -33,8 +33,9 @@ TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 SAFETENSORS_SUFFIX = ".safetensors"
 
 # Where training scripts put the weights, in the order they are looked for.
-_PLAIN_KEYS = ("state_dict", "model", "module", "net", "network")
-_EMA_KEYS = ("state_dict_ema", "model_ema", "ema_state_dict", "ema")
+# BasicSR (SwinIR's released files) stores {"params": ..., "params_ema": ...}.
+_PLAIN_KEYS = ("state_dict", "model", "module", "net", "network", "params")
+_EMA_KEYS = ("state_dict_ema", "model_ema", "ema_state_dict", "ema", "params_ema")
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
