@@ -7,6 +7,7 @@ multilabel, swa-merge's BatchNorm pass and summary read preprocessing and classe
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from rlcli.core.images import Preprocess
@@ -56,6 +57,14 @@ class Published:
     flops: str | None = None
     convention: str = ""
     note: str = ""
+
+
+@functools.cache
+def imagenet_classes() -> tuple[str, ...]:
+    """The 1000 ImageNet-1k class names in index order, as torchvision's weights metadata ships them (offline)."""
+    from torchvision.models import ResNet50_Weights
+
+    return tuple(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from rlcli.core.images import Preprocess
-from rlcli.models.cards import Paper, Published
+from rlcli.models.cards import Paper, Published, imagenet_classes
 from rlcli.models.registry import register_model
 
 # Table 1, grouped into stages that each start with the stride-2 block: (output channels, stride) per block.
@@ -109,6 +109,7 @@ def _register(name: str, width: float, macs: str, params: str) -> None:
         task="image-classification",
         default_input=(3, 224, 224),
         preprocess=PREPROCESS,
+        classes=imagenet_classes(),
         paper=PAPER,
         published=published,
     )(build)
