@@ -119,3 +119,13 @@ def test_plot_into_a_read_only_folder_is_refused_up_front(rl, tmp_path, without_
         locked.chmod(0o755)
     assert result.code == 1 and result.stdout == ""
     assert result.stderr == f"error: cannot write {locked / 'chart.png'}: permission denied\n"
+
+
+def test_mobilenet_v1_is_a_family_scaled_by_its_width_multiplier():
+    """At its own budget (568.7 M MACs) MobileNet v1 stays the paper's network; at 1 G its alpha grows."""
+    stock = compare(budget="568740352", families=["mobilenet_v1"], input_size="224")
+    [entry] = stock.entries
+    assert entry.name == "mobilenet_v1" and entry.params == 4_231_976 and entry.knob == "width_mult 1.000"
+    assert entry.top1 is None  # published accuracy is torchvision's, for its own weights only
+    [wider] = compare(budget="1G", families=["mobilenet_v1"]).entries
+    assert abs(wider.macs - 1e9) / 1e9 <= 0.02 and wider.name.startswith("mobilenet-v1-w1.")

@@ -52,7 +52,9 @@ def compare_command(
     ),
     macs: str | None = typer.Option(None, "--macs", help="Budget in MACs, e.g. 4.1G, 600M (default: ResNet-50's)."),
     families: str | None = typer.Option(
-        None, "--families", help="Comma-separated: resnet, resnext, mobilenet_v2, mobilenet_v3 (default: all)."
+        None,
+        "--families",
+        help="Comma-separated: resnet, resnext, mobilenet_v1, mobilenet_v2, mobilenet_v3 (default: all).",
     ),
     groups: int = typer.Option(32, "--groups", min=1, help="ResNeXt cardinality (paths per block)."),
     input_size: str | None = typer.Option(None, "--input-size", "-i", help="Resolution, e.g. 224 or 3x256x256."),

@@ -4,6 +4,7 @@
   with every stage width (and the stem) multiplied by ``width``. ResNeXt keeps the paper's template of
   ``groups`` paths of ``width_per_group`` channels each (32 x 4d), scaled with the stage width. At width 1 they
   are exactly torchvision's resnet50 and resnext50_32x4d.
+- MobileNet v1 (Howard et al., 2017): the paper's width multiplier alpha (``rlcli.models.vision.mobilenet_v1``).
 - MobileNet v2 (Sandler et al., 2018) and v3-large (Howard et al., 2019): torchvision's own width multiplier.
 """
 
@@ -43,6 +44,10 @@ class FamilyConfig:
                 width_per_group=self.width_per_group,
                 num_classes=num_classes,
             )
+        if self.family == "mobilenet_v1":
+            from rlcli.models.vision.mobilenet_v1 import MobileNetV1
+
+            return MobileNetV1(width=self.width, num_classes=num_classes)
         if self.family == "mobilenet_v2":
             from torchvision.models import MobileNetV2
 
@@ -56,14 +61,15 @@ class FamilyConfig:
         raise ValueError(f"unknown family {self.family}")
 
     def stock_name(self) -> str | None:
-        """The torchvision model this configuration is exactly, if any (then published accuracy applies)."""
+        """The registered model this configuration is exactly, if any (torchvision's carry published accuracy)."""
         if self.width != 1.0:
             return None
         if self.family == "resnet":
             return "resnet50"
         if self.family == "resnext" and (self.groups, self.width_per_group) in ((32, 4),):
             return "resnext50_32x4d"
-        return {"mobilenet_v2": "mobilenet_v2", "mobilenet_v3": "mobilenet_v3_large"}.get(self.family)
+        stock = {"mobilenet_v1": "mobilenet_v1", "mobilenet_v2": "mobilenet_v2", "mobilenet_v3": "mobilenet_v3_large"}
+        return stock.get(self.family)
 
 
 def stage_widths(width: float) -> tuple[int, ...]:

@@ -18,7 +18,7 @@ from typing import Any
 
 from rlcli.errors import RlError, UsageError
 
-FAMILIES = ("resnet", "resnext", "mobilenet_v2", "mobilenet_v3")
+FAMILIES = ("resnet", "resnext", "mobilenet_v1", "mobilenet_v2", "mobilenet_v3")
 TOLERANCE = 0.02
 WIDTH_RANGE = (0.05, 12.0)
 
@@ -174,9 +174,9 @@ def _reachable(family: str, input_size: tuple[int, ...], groups: int) -> tuple[i
 
 def _entry_from_summary(summary, *, name: str, family: str, knob: str, stock: str | None) -> Entry:
     top1 = top5 = None
-    if stock:
-        import torchvision.models as tvm
+    import torchvision.models as tvm
 
+    if stock in tvm.list_models(module=tvm):  # published accuracy: torchvision's weights only
         metrics = tvm.get_model_weights(stock).DEFAULT.meta.get("_metrics", {}).get("ImageNet-1K", {})
         top1, top5 = metrics.get("acc@1"), metrics.get("acc@5")
     return Entry(
