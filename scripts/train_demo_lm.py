@@ -12,9 +12,9 @@ Tokenizer: byte-level BPE (`tokenizers`), 4,096 tokens including <|endoftext|>, 
 Model: the project's GPT-2 (rlcli.models.language.gpt2) with 4 layers, 4 heads, 256 channels, a 256-token context: 4.3 M
 parameters. AdamW, cosine learning rate with warm-up, bfloat16 autocast, seed 0, a fixed number of steps.
 
-Writes into src/rlcli/models/language/demo_lm/: config.json, model.safetensors (float16, in the Hugging Face GPT-2 layout
-so that the same loader reads it), tokenizer.json and card.json (the figures for the README's model card), and
-docs/demo_lm_loss.png.
+Writes into src/rlcli/models/language/demo_lm/: config.json, model.safetensors (float16, in the Hugging Face GPT-2
+layout so that the same loader reads it), tokenizer.json and card.json (the figures for the README's model card),
+and docs/demo_lm_loss.png.
 """
 
 from __future__ import annotations
