@@ -254,3 +254,17 @@ def test_dropping_pages_never_touches_converted_copies(tmp_path):
     assert dropped == {"w": False, "steps": True}  # the float16 copy is ordinary memory; the int64 is the file's
     assert torch.equal(loaded.state_dict["w"], reference["w"].to(torch.float16))  # the copy is intact
     assert torch.equal(loaded.state_dict["steps"], reference["steps"])  # read again from the file
+
+
+def test_files_from_before_batch_counters_load(tmp_path):
+    """PyTorch < 0.4.1 saved BatchNorm without num_batches_tracked (as Cadene's Inception and SE-Net files)."""
+    from rlcli.core.checkpoints import load_into
+
+    reference = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    old = {k: v for k, v in reference.state_dict().items() if not k.endswith("num_batches_tracked")}
+    fresh = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    load_into(fresh, old, source="old.pth")
+    assert fresh[1].num_batches_tracked.item() == 0
+    torch.testing.assert_close(fresh[1].running_var, reference[1].running_var)
+    with pytest.raises(CheckpointError, match=r"missing 1 \(1.weight\)"):
+        load_into(fresh, {k: v for k, v in old.items() if k != "1.weight"}, source="broken.pth")

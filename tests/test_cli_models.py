@@ -25,7 +25,10 @@ def test_models_substring_and_json(rl):
     result = rl("models", "mobilenet", "--json")
     document = json.loads(result.stdout)
     names = [m["name"] for m in document["models"]]
-    assert names == ["mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small"]
+    assert names == [
+        "mobilenet_v1", "mobilenet_v1_025", "mobilenet_v1_050", "mobilenet_v1_075",
+        "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small",
+    ]  # fmt: skip
     assert "FLOPs = 2 x MACs" in document["convention"]
 
 

@@ -63,3 +63,17 @@ def test_classify_runs_a_checkpoint_with_the_cards_preprocessing(rl, tmp_path):
     assert result.code == 0, result.stderr
     card = get_spec("mobilenet_v1").card
     assert (card.preprocess.crop, card.preprocess.interpolation, card.preprocess.mean) == (224, "bicubic", (0.5,) * 3)
+
+
+def test_a_file_with_another_class_count_sizes_the_head(rl, tmp_path):
+    """TF-slim's 1001 classes (a background class first), or a fine-tuned head: the file says how many."""
+    from PIL import Image
+
+    from rlcli.core.checkpoints import save_checkpoint
+    from rlcli.models.vision.mobilenet_v1 import MobileNetV1
+
+    weights = save_checkpoint(tmp_path / "tf.safetensors", MobileNetV1(0.25, num_classes=1001).state_dict()).path
+    Image.new("RGB", (64, 64)).save(tmp_path / "a.png")
+    result = rl("classify", str(tmp_path / "a.png"), "-m", "mobilenet_v1_025", "-w", str(weights), "--json", "-j", "0")
+    assert result.code == 0, result.stderr
+    assert all(entry["label"].startswith("class ") for entry in json.loads(result.stdout)["top_k"])

@@ -319,13 +319,26 @@ def _unshare(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def load_into(model: nn.Module, state_dict: dict[str, torch.Tensor], *, source: str, assign: bool = False) -> None:
-    """``model.load_state_dict`` with an error that names the missing, unexpected and mis-shaped tensors."""
+    """``model.load_state_dict`` with an error that names the missing, unexpected and mis-shaped tensors.
+
+    Files saved before PyTorch 0.4.1 have no BatchNorm ``num_batches_tracked`` counters; as torch itself does for
+    them, the counters start at zero.
+    """
     expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    state_dict = {**_missing_batch_counters(expected, state_dict), **state_dict}
     found = {name: tuple(t.shape) for name, t in state_dict.items()}
     problems = describe_mismatch(expected, found, "checkpoint {found} vs model {expected}")
     if problems:
         raise CheckpointError(f"{source} does not fit the model: {problems}")
     model.load_state_dict(state_dict, strict=True, assign=assign)
+
+
+def _missing_batch_counters(expected: dict[str, tuple[int, ...]], state: dict[str, torch.Tensor]) -> dict:
+    return {
+        name: torch.zeros((), dtype=torch.long)
+        for name in expected
+        if name.endswith(".num_batches_tracked") and name not in state
+    }
 
 
 def describe_mismatch(

@@ -88,7 +88,7 @@ def build_with_weights(
     for name, value in (inferred or {}).items():
         arguments.setdefault(name, value)
     arguments.update(overrides or {})
-    if spec.card.source == "torchvision" and "num_classes" not in arguments:
+    if _sized_by_its_head(spec) and "num_classes" not in arguments:
         arguments["num_classes"] = _head_height(spec, state)
     try:
         net = build_on_meta(lambda: spec.build(**arguments))
@@ -99,6 +99,11 @@ def build_with_weights(
         raise CheckpointError(f"{source}: cannot build {spec.card.name} with {shown}: {exc}") from exc
     load_into(net, state, source=source, assign=True)
     return net
+
+
+def _sized_by_its_head(spec: ModelSpec) -> bool:
+    """An image classifier whose builder takes ``num_classes``: a fine-tuned (or 1001-class TF-slim) file sets it."""
+    return spec.card.task == "image-classification" and "num_classes" in spec.accepted_arguments()
 
 
 def _head_height(spec: ModelSpec, state: StateDict) -> int | None:
