@@ -171,6 +171,8 @@ def paper_lines(comparison, input_size: list[int]) -> list[str]:
     if comparison is None:
         return []
     paper, published = comparison.paper, comparison.published
+    if published is None:
+        return [f"Paper: {paper.title} ({paper.cite()}): no published figures on its card."]
     at = "x".join(map(str, published.input_size))
     figures = [_figure("params", comparison.params)]
     if comparison.macs_compared:

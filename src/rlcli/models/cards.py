@@ -105,10 +105,11 @@ class ModelCard:
 @dataclass(frozen=True)
 class PaperComparison:
     """A model's paper card beside rl's count: what ``rl summary`` prints under the totals and ``rl models --paper``
-    lists. MACs are compared only at the paper's own input (one sample); parameters always."""
+    lists. MACs are compared only at the paper's own input (one sample); parameters always. ``published`` is None
+    for a paper that prints no figures for the model."""
 
     paper: Paper
-    published: Published
+    published: Published | None
     macs_compared: bool  # False when the count is at another input than the paper's (or by another counter)
     params: FigureCheck | None
     macs: FigureCheck | None
@@ -119,9 +120,11 @@ def compare_with_paper(
     card: ModelCard, input_size: tuple[int, ...], params: int, macs_per_sample: int | None
 ) -> PaperComparison | None:
     """The card's published figures against rl's ``params`` and ``macs_per_sample`` (None: not comparable)."""
-    if card.paper is None or card.published is None:
+    if card.paper is None:
         return None
     published = card.published
+    if published is None:
+        return PaperComparison(card.paper, None, macs_compared=False, params=None, macs=None, flops=None)
     comparable = macs_per_sample is not None and tuple(input_size) == tuple(published.input_size)
     return PaperComparison(
         paper=card.paper,

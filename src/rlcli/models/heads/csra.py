@@ -136,6 +136,7 @@ PAPER = Paper(
     authors="Ke Zhu, Jianxin Wu",
     year=2021,
     url="https://arxiv.org/abs/2108.02456",
+    arxiv="2108.02456",
 )
 
 
