@@ -395,3 +395,17 @@ def test_preprocessing_is_bit_for_bit_the_weights_transform(name, tmp_path):
     photo_like(2400, 1800, seed=1).save(photo, quality=92)
     expected = torchvision.models.get_model_weights(name).DEFAULT.transforms()(Image.open(photo).convert("RGB"))
     assert torch.equal(get_spec(name).card.preprocess(open_rgb(photo)), expected)
+
+
+def test_models_that_are_not_image_classifiers_are_refused(rl, tmp_path, test_images):
+    """A detector's 25,200 x 85 output is no class score vector; CSRA heads are multi-label."""
+    from rlcli.core.meta import build_on_meta
+    from rlcli.models.registry import get_spec
+
+    for name, task in (("yolov5n", "object-detection"), ("csra_resnet18", "multi-label")):
+        state = {
+            k: torch.zeros(v.shape, dtype=v.dtype) for k, v in build_on_meta(get_spec(name).build).state_dict().items()
+        }
+        weights = save_checkpoint(tmp_path / f"{name}.safetensors", state).path
+        result = rl("classify", str(test_images[0][0]), "-m", name, "-w", str(weights))
+        assert result.code == 2 and result.stderr.startswith(f"error: {name} is a {task} model; rl classify runs")

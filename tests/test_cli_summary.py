@@ -117,7 +117,7 @@ def test_debug_shows_the_traceback(rl):
     result = rl("--debug", "summary", "swin_tt")
     assert result.code == 1
     assert "Traceback" in result.stderr
-    assert result.stderr.rstrip().endswith("did you mean swin_t, swin_s, swin_b?")
+    assert result.stderr.rstrip().endswith("error: unknown model 'swin_tt'; did you mean swin_t, cswin_t, swin_s?")
 
 
 def test_a_shared_module_is_shown_at_each_place(rl):

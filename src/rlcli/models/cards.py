@@ -19,6 +19,7 @@ INPUT_KINDS = ("image", "tokens", "tensor")
 CONVOLUTIONAL_FAMILIES = frozenset({
     "resnet", "resnext", "wide_resnet", "mobilenet_v2", "mobilenet_v3", "efficientnet", "regnet", "densenet",
     "vgg", "alexnet", "googlenet", "inception", "mnasnet", "shufflenet_v2", "squeezenet", "convnext", "csra",
+    "mobilenet_v1", "senet", "acnet", "selecsls", "cdcn", "yolov5", "micronet_kws", "micronet_vww",
 })  # fmt: skip
 
 

@@ -37,6 +37,7 @@ class LoadedModel:
     preprocess: Preprocess | None
     info: CheckpointInfo | None
     weights: str  # where the weights came from, for reports
+    outputs: int | None = None  # scores per sample, when the model returns one [batch, classes] tensor
 
 
 def architecture_of(
@@ -77,10 +78,26 @@ def build_with_weights(
     source: str,
     inferred: dict[str, Any] | None = None,
     overrides: dict[str, Any] | None = None,
+    input_size: tuple[int, ...] | None = None,
 ) -> nn.Module:
-    """``spec``'s model built around ``state``: ``overrides`` (what the user chose), then the stored arguments
-    (checked), then ``inferred`` ones for whatever the file does not record (a fine-tuned head's class count);
-    weights are assigned without a copy."""
+    """``spec``'s model built around ``state`` for ``input_size`` (default: the card's): ``overrides`` (what the user
+    chose), then the stored arguments (checked), then ``inferred`` ones for whatever the file does not record (a
+    fine-tuned head's class count); weights are assigned without a copy."""
+    arguments = builder_arguments(spec, state, info, source, inferred, overrides)
+    net = _build_on_meta(spec, arguments, source, input_size)
+    load_into(net, state, source=source, assign=True)
+    return net
+
+
+def builder_arguments(
+    spec: ModelSpec,
+    state: StateDict,
+    info: CheckpointInfo | None,
+    source: str,
+    inferred: dict[str, Any] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The keyword arguments ``build_with_weights`` builds with (see there)."""
     stored = info.model_args if info and info.arch == spec.card.name else {}
     if not isinstance(stored, dict):
         raise CheckpointError(f"{source}: its stored model arguments are not a mapping ({stored!r})")
@@ -90,15 +107,32 @@ def build_with_weights(
     arguments.update(overrides or {})
     if _sized_by_its_head(spec) and "num_classes" not in arguments:
         arguments["num_classes"] = _head_height(spec, state)
+    return arguments
+
+
+def _build_on_meta(spec: ModelSpec, arguments: dict[str, Any], source: str, input_size=None) -> nn.Module:
     try:
-        net = build_on_meta(lambda: spec.build(**arguments))
+        return build_on_meta(lambda: spec.build(input_size, **arguments))
     except (ModelRunError, UsageError):
         raise
     except Exception as exc:
         shown = ", ".join(f"{k}={v!r}" for k, v in arguments.items()) or "no arguments"
         raise CheckpointError(f"{source}: cannot build {spec.card.name} with {shown}: {exc}") from exc
-    load_into(net, state, source=source, assign=True)
-    return net
+
+
+def output_width(spec: ModelSpec, arguments: dict[str, Any], input_size: tuple[int, ...] | None) -> int | None:
+    """How many scores the model returns per sample (its forward's last dimension), found by a forward pass on the
+    meta device; None when the output is not one [batch, classes] tensor or the pass needs real values."""
+    from torch.utils._pytree import tree_flatten
+
+    try:
+        net = build_on_meta(lambda: spec.build(input_size, **arguments)).eval()
+        with torch.inference_mode():
+            outputs = net(*spec.example_input(input_size, device="meta"))
+    except (Exception, SystemExit):  # a user's forward that fails or exits fails again, reported, on real data
+        return None
+    tensors = [t for t in tree_flatten(outputs)[0] if isinstance(t, torch.Tensor)]
+    return int(tensors[0].shape[-1]) if tensors and tensors[0].dim() == 2 else None
 
 
 def _sized_by_its_head(spec: ModelSpec) -> bool:
@@ -151,20 +185,42 @@ def output_count(net: nn.Module) -> int | None:
     return convs[-1].out_channels if convs else None
 
 
-def load_model_file(path: Path, typed: str | None) -> LoadedModel:
-    """A checkpoint file as a model: architecture, weights, classes and preprocessing resolved as above."""
+def load_model_file(
+    path: Path, typed: str | None, adjust: Callable[[Preprocess], Preprocess] | None = None
+) -> LoadedModel:
+    """A checkpoint file as a model: architecture, weights, classes and preprocessing resolved as above.
+
+    ``adjust`` changes the preprocessing (the user's --crop ...); an image model is then built for the crop it
+    will see, so that a network whose layout depends on the input (a ViT's position table, CSWin's stripes) fits.
+    """
     checkpoint = load_checkpoint(path)
-    source = str(path)
-    spec = architecture_of(typed, checkpoint.info, source)
-    net = build_with_weights(spec, checkpoint.state_dict, checkpoint.info, source)
+    source, info = str(path), checkpoint.info
+    spec = architecture_of(typed, info, source)
+    preprocess = preprocess_for(spec, info, source)
+    if preprocess is not None and adjust is not None:
+        preprocess = adjust(preprocess)
+    size = _input_for(spec, preprocess)
+    arguments = builder_arguments(spec, checkpoint.state_dict, info, source)
+    net = _build_on_meta(spec, arguments, source, size)
+    load_into(net, checkpoint.state_dict, source=source, assign=True)
+    outputs = output_width(spec, arguments, size) or output_count(net)
     return LoadedModel(
         spec=spec,
         model=net,
-        class_names=class_names_for(spec, checkpoint.info, output_count(net), source),
-        preprocess=preprocess_for(spec, checkpoint.info, source),
-        info=checkpoint.info,
+        class_names=class_names_for(spec, info, outputs, source),
+        preprocess=preprocess,
+        info=info,
         weights=source,
+        outputs=outputs,
     )
+
+
+def _input_for(spec: ModelSpec, preprocess: Preprocess | None) -> tuple[int, ...] | None:
+    """The input an image model will be fed: the card's channels at the preprocessing's crop."""
+    default = spec.card.default_input
+    if preprocess is None or spec.card.input_kind != "image" or len(default) != 3:
+        return None
+    return (default[0], preprocess.crop, preprocess.crop)
 
 
 # --- torchvision weights from the torch hub cache -------------------------------------------------------------
@@ -195,6 +251,7 @@ def load_torchvision_weights(spec: ModelSpec, name: str) -> LoadedModel:
         preprocess=preprocess,
         info=None,
         weights=f"{type(weights).__name__}.{weights.name}",
+        outputs=len(weights.meta["categories"]),
     )
 
 

@@ -80,22 +80,27 @@ def load_classifier(
         weights = "DEFAULT"
     path = Path(weights).expanduser()
     if path.is_file() or path.suffix in (*TORCH_SUFFIXES, SAFETENSORS_SUFFIX):
-        loaded = load_model_file(path, model)
+        loaded = load_model_file(path, model, adjust=overrides.apply)
+        preprocess = loaded.preprocess
     elif model is None:
         raise UsageError(f"--weights {weights} names torchvision weights: give --model too")
     else:
         loaded = load_torchvision_weights(get_spec(model, user_code=True), weights)
+        preprocess = overrides.apply(loaded.preprocess)
     card = loaded.spec.card
-    if loaded.preprocess is None:
+    if card.task not in ("image-classification", "unknown"):
+        hint = " (rl multilabel runs CSRA heads)" if card.task == "multi-label" else ""
+        raise UsageError(f"{card.name} is a {card.task} model; rl classify runs image classifiers{hint}")
+    if preprocess is None:
         raise UsageError(f"{card.name} does not take images ({card.input_kind} input): rl classify runs image models")
-    outputs = output_count(loaded.model)
+    outputs = loaded.outputs or output_count(loaded.model)
     names = read_class_names(classes_file) if classes_file is not None else loaded.class_names or []
     if outputs is not None and len(names) != outputs:
         raise CheckpointError(f"{len(names)} class names for a model with {outputs} outputs ({card.name})")
     runner = InferenceModel.prepare(
         card.name,
         loaded.model,
-        overrides.apply(loaded.preprocess),
+        preprocess,
         device=target,
         dtype=torch_dtype,
         channels_last=card.channels_last,
@@ -135,6 +140,7 @@ def classify(
     for batch, logits in forward_batches(clf.runner, inputs, options or RunOptions()):
         results: list[Prediction | Problem] = list(batch.problems)
         if logits is not None:
+            _check_scores(logits, clf)
             probabilities, indices = logits.softmax(dim=-1).topk(k, dim=-1)
             for row, (position, path) in enumerate(zip(batch.positions, batch.paths, strict=True)):
                 chosen = indices[row].tolist()
@@ -148,3 +154,15 @@ def classify(
                     )
                 )
         yield from sorted(results, key=lambda r: r.position)
+
+
+def _check_scores(logits, clf: Classifier) -> None:
+    """The model must return one score per class name: anything else would label images with the wrong names."""
+    if logits.dim() != 2 or logits.shape[-1] != len(clf.class_names):
+        from rlcli.errors import ModelRunError
+
+        shape = "x".join(map(str, logits.shape))
+        raise ModelRunError(
+            f"{clf.runner.name} returned scores of shape {shape} for {len(clf.class_names)} class names: "
+            f"rl classify needs one score per class (a [batch, classes] tensor)"
+        )
