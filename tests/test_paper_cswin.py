@@ -113,6 +113,10 @@ def test_classify_runs_an_official_layout_file_with_the_official_preprocessing(r
     Image.new("RGB", (300, 200), (10, 120, 200)).save(tmp_path / "a.png")
     result = rl("classify", str(tmp_path / "a.png"), "-m", "cswin_t", "-w", str(weights), "--json")
     assert result.code == 0, result.stderr
+    # The released 384 px files have the same keys: at --crop 384 the network is built with the 384 stripes (a
+    # 224 px build cannot take the 24 x 24 map of stage 3: 24 is no multiple of its stripe width 7).
+    at_384 = rl("classify", str(tmp_path / "a.png"), "-m", "cswin_t", "-w", str(weights), "--crop", "384", "-j", "0")
+    assert at_384.code == 0, at_384.stderr
     # main.py evaluates through timm's resolve_data_config over default_cfg 'cswin_224': crop_pct 0.9, bicubic,
     # ImageNet mean/std -> Resize(floor(224 / 0.9) = 248), CenterCrop(224).
     card = get_spec("cswin_t").card
