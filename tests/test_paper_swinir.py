@@ -109,3 +109,13 @@ def test_forward_pads_to_windows_and_crops_back(name, scale):
         out = net(image)
     assert out.shape == (1, 3, 13 * scale, 21 * scale)
     assert torch.isfinite(out).all()
+
+
+def test_a_files_training_patch_is_read_from_its_stored_masks():
+    """DF2K's s64 classical files (and an s48 lightweight one) store masks for their patch: rl builds to fit them."""
+    from rlcli.models.loading import build_with_weights
+
+    spec = get_spec("swinir_light_x2")  # built for 64 px patches by default
+    state = build_on_meta(lambda: spec.build(None, img_size=48)).state_dict()
+    net = build_with_weights(spec, state, None, "swinir_s48.pth")
+    assert net.layers[0].residual_group.blocks[1].attn_mask.shape == (36, 64, 64)  # (48 / 8)^2 windows of 8 x 8

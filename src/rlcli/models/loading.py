@@ -104,6 +104,9 @@ def builder_arguments(
     arguments = spec.checked_arguments(stored, source)
     for name, value in (inferred or {}).items():
         arguments.setdefault(name, value)
+    if spec.arguments_from_state is not None:
+        for name, value in spec.arguments_from_state(state).items():
+            arguments.setdefault(name, value)
     arguments.update(overrides or {})
     if _sized_by_its_head(spec) and "num_classes" not in arguments:
         arguments["num_classes"] = _head_height(spec, state)

@@ -49,6 +49,11 @@ class ModelSpec:
     card: ModelCard
     builder: Builder = field(repr=False, compare=False)
     arguments: Callable[..., Any] | None = field(default=None, repr=False, compare=False)
+    # Builder arguments read off a state dict's shapes (e.g. SwinIR's training patch from its stored masks), for
+    # files that do not record them; used when the user and the file give no value.
+    arguments_from_state: Callable[[dict[str, torch.Tensor]], dict[str, Any]] | None = field(
+        default=None, repr=False, compare=False
+    )
 
     def build(self, input_size: tuple[int, ...] | None = None, **kwargs: Any) -> nn.Module:
         """Build the model for ``input_size`` (default: the model's own); unset (None) options are dropped."""
@@ -161,6 +166,7 @@ def register_model(
     paper: Paper | None = None,
     published: Published | None = None,
     arguments: Callable[..., Any] | None = None,
+    arguments_from_state: Callable[[dict[str, torch.Tensor]], dict[str, Any]] | None = None,
 ) -> Callable[[Builder], Builder]:
     """Register one of rlcli's own architectures under ``name`` (timm's ``@register_model`` pattern)."""
 
@@ -179,7 +185,9 @@ def register_model(
             paper=paper,
             published=published,
         )
-        _OWN_MODELS[name] = ModelSpec(card=card, builder=builder, arguments=arguments)
+        _OWN_MODELS[name] = ModelSpec(
+            card=card, builder=builder, arguments=arguments, arguments_from_state=arguments_from_state
+        )
         return builder
 
     return decorator

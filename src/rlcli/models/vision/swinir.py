@@ -20,6 +20,7 @@ Stochastic depth (training only) is left out.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -353,6 +354,17 @@ def _init_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
+def patch_of(state: dict[str, torch.Tensor]) -> dict[str, int]:
+    """The training patch a file's stored attention masks were computed for: mask [windows, w*w, w*w] with
+    windows = (patch / w)^2, so patch = sqrt(windows) * w (s48 and s64 files differ only there)."""
+    masks = [t for k, t in state.items() if k.endswith("attn_mask") and t.dim() == 3]
+    if not masks:
+        return {}
+    windows, area = masks[0].shape[0], masks[0].shape[1]
+    side, window = math.isqrt(windows), math.isqrt(area)
+    return {"img_size": side * window} if side * side == windows and window * window == area else {}
+
+
 def _register(name: str, config: SwinIRConfig, upscale: int, published: Published) -> None:
     def build(input_size: tuple[int, ...], img_size: int = config.img_size) -> SwinIR:
         return SwinIR(config, upscale, img_size=img_size)
@@ -365,6 +377,7 @@ def _register(name: str, config: SwinIRConfig, upscale: int, published: Publishe
         preprocess=None,
         paper=PAPER,
         published=published,
+        arguments_from_state=patch_of,
     )(build)
 
 
