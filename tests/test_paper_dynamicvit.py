@@ -1,4 +1,4 @@
-"""DynamicViT-DeiT-S against the official raoyongming/DynamicViT models/dyvit.py and the paper's Table 1."""
+"""DynamicViT-DeiT-S against the official raoyongming/DynamicViT models/dyvit.py and the paper's DeiT-S results."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ RHO = {"dynamicvit_s_070": 0.7, "dynamicvit_s_080": 0.8, "dynamicvit_s_090": 0.9
 # sum(p.numel()) of the official VisionTransformerDiffPruning(patch_size=16, embed_dim=384, depth=12, num_heads=6,
 # mlp_ratio=4, qkv_bias=True, pruning_loc=[3, 6, 9]) as infer.py builds 'deit-s': DeiT-S and three PredictorLG.
 PARAMS = 22_774_414
-# Table 1, DeiT-S at keeping ratio rho: GFLOPs (multiply-accumulates, fvcore's count).
+# The paper's DeiT-S results at keeping ratio rho: GFLOPs (multiply-accumulates, fvcore's count).
 PAPER_MACS = {"dynamicvit_s_070": 2.9e9, "dynamicvit_s_080": 3.4e9, "dynamicvit_s_090": 4.0e9}
 # torch.utils.flop_counter.FlopCounterMode on that official model in eval mode (token_ratio [rho, rho^2, rho^3]),
 # FLOPs / 2, one 3x224x224 image: rl's count equals it exactly (fvcore adds LayerNorms: 2.99 G, 3.47 G, 4.05 G).

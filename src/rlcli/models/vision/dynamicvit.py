@@ -39,20 +39,22 @@ class DynamicViTConfig:
 
 
 # The keeping ratio rho of each variant (the official main.py/infer.py --base_rate) and the paper's GFLOPs of
-# DynamicViT-DeiT-S at that ratio (Table 1; the official README prints the 0.7 model's 2.9G too).
+# DynamicViT-DeiT-S at that ratio, as the paper's DeiT-S results print them (the official README prints the 0.7
+# model's 2.9G; the 0.8 and 0.9 figures are read from Papers with Code's listing of the paper: table unverified).
 VARIANTS: dict[str, tuple[float, str]] = {
     "dynamicvit_s_070": (0.7, "2.9G"),
     "dynamicvit_s_080": (0.8, "3.4G"),
     "dynamicvit_s_090": (0.9, "4.0G"),
 }
 
-# Why rl's count differs from Table 1 beyond rounding: found by counting the official VisionTransformerDiffPruning
-# in eval mode with torch's FlopCounterMode (rl's numbers exactly) and with fvcore, the official calc_flops.py.
+# Why rl's count differs from the printed figure beyond rounding: found by counting the official
+# VisionTransformerDiffPruning in eval mode with torch's FlopCounterMode (rl's numbers exactly) and with fvcore, the
+# official calc_flops.py.
 NOTES = {
     "dynamicvit_s_070": "the official model computes rl's 2.98 G multiply-accumulates (FlopCounterMode; fvcore, the "
-    "official counter, 2.99 G): Table 1's 2.9G is that count cut, not rounded, to one decimal",
+    "official counter, 2.99 G): the printed 2.9G equals that count truncated (not rounded) to one decimal",
     "dynamicvit_s_080": "the official model computes rl's 3.46 G multiply-accumulates (FlopCounterMode; fvcore, the "
-    "official counter, 3.47 G): Table 1's 3.4G is that count cut, not rounded, to one decimal",
+    "official counter, 3.47 G): the printed 3.4G equals that count truncated (not rounded) to one decimal",
 }
 
 PAPER = Paper(
@@ -214,7 +216,7 @@ def _register(name: str, rho: float, macs: str) -> None:
 
     published = Published(
         input_size=(3, 224, 224),
-        source="Table 1",
+        source="official README" if name == "dynamicvit_s_070" else "paper, DeiT-S results",
         macs=macs,
         convention="the paper's GFLOPs are multiply-accumulates (fvcore's count, as the official calc_flops.py)",
         note=NOTES.get(name, ""),
