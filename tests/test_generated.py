@@ -36,3 +36,12 @@ def test_model_index_is_current():
 def test_completion_scripts_are_current(shell):
     committed = (ROOT / "completions" / f"rl.{shell}").read_text(encoding="utf-8")
     assert committed == completion_script(shell), "run python scripts/update_generated.py"
+
+
+def test_readme_reading_list_is_current():
+    from rlcli.tasks.index import README_END, README_START, reading_list_table
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    table = readme[readme.index(README_START) + len(README_START) : readme.index(README_END)]
+    committed = json.loads(INDEX_PATH.read_text(encoding="utf-8"))
+    assert table.strip() == reading_list_table(committed).strip(), "run python scripts/update_generated.py"
