@@ -329,3 +329,30 @@ class Discarding(nn.Module):
         for _ in range(20):
             y = self.lin(x)
         return y
+
+
+class TokenTagger(nn.Module):
+    """Token ids with an attention mask by keyword, like a transformer encoder's call."""
+
+    def __init__(self, vocab: int = 50, dim: int = 8) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.proj(self.embed(input_ids))
+        scores = x @ x.transpose(1, 2)
+        if attention_mask is not None:
+            scores = scores.masked_fill(~attention_mask.bool()[:, None, :], float("-inf"))
+        return scores.softmax(-1) @ x
+
+
+class ImageListNet(nn.Module):
+    """A list of images of any sizes, as torchvision's detection models take them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [self.conv(image[None]) for image in images]

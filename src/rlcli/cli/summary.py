@@ -64,6 +64,12 @@ def summary_command(
         "tokens for language models, and exactly the shape given for your own model (10, 16x8, 1x28x28); "
         "default: the model's own.",
     ),
+    inputs: str | None = typer.Option(
+        None,
+        "--inputs",
+        help="Several inputs instead, space-separated [NAME=]SHAPE[:DTYPE] per sample ([SHAPE] = a list of one "
+        "tensor per sample), e.g. 'input_ids=128:int64 attention_mask=128:int64'; or a .json file.",
+    ),
     batch_size: int = typer.Option(1, "--batch-size", "-b", min=1, help="Batch of the example input."),
     depth: int = typer.Option(3, "--depth", "-d", min=0, help="Deepest module level shown (0 = totals only)."),
     counter: Counter = typer.Option(
@@ -78,7 +84,9 @@ def summary_command(
 
     fmt = choose_format(json_out, csv_out)
     summaries = [
-        summarize(name, input_size=input_size, batch_size=batch_size, depth=depth, counter=counter.value)
+        summarize(
+            name, input_size=input_size, inputs=inputs, batch_size=batch_size, depth=depth, counter=counter.value
+        )
         for name in models
     ]
     if fmt == OutputFormat.json:
@@ -114,7 +122,7 @@ COMPARISON_COLUMNS = [
 
 def title(summary: ModelSummary) -> str:
     origin = "your model" if summary.source == "user" else f"{summary.source}, {summary.family}"
-    return f"{summary.model} ({origin}) at input {_input(summary)} ({summary.input_dtype})"
+    return f"{summary.model} ({origin}) at input {_input(summary)}"
 
 
 def _shows_calls(summary: ModelSummary) -> bool:
@@ -281,7 +289,11 @@ def layer_csv(summaries: list[ModelSummary]) -> tuple[list[str], list[list[objec
 
 
 def _input(summary: ModelSummary) -> str:
-    return "x".join(str(d) for d in summary.input_shape)
+    """``1x3x224x224 (float32)`` for one plain tensor, else every tensor fed: ``input_ids 1x128 int64, ...``."""
+    [first, *others] = summary.inputs
+    if others or first["name"] or first["list_of"]:
+        return summary.input_description
+    return f"{'x'.join(str(d) for d in summary.input_shape)} ({summary.input_dtype})"
 
 
 def _type(layer) -> str:

@@ -25,6 +25,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import flop_registry
 
+from rlcli.core.feeds import Feed
 from rlcli.errors import ModelRunError
 
 #: The one statement of what a MAC is here; every command prints or embeds it with its numbers.
@@ -226,12 +227,12 @@ class _NewMemory:
         return storage.nbytes()
 
 
-def profile_forward(model: nn.Module, inputs: tuple[Any, ...] | dict[str, Any]) -> ForwardProfile:
+def profile_forward(model: nn.Module, inputs: tuple[Any, ...] | dict[str, Any] | Feed) -> ForwardProfile:
     """Run one forward pass and record MACs, calls, output shapes and new output memory per module.
 
     Args:
         model: the model, typically on the meta device.
-        inputs: positional inputs as a tuple, or keyword inputs as a dict.
+        inputs: positional inputs as a tuple, keyword inputs as a dict, or both as a ``Feed``.
 
     Returns:
         A ForwardProfile. Raises NeedsRealValues when the pass reads values that meta tensors do not hold, else
@@ -245,14 +246,13 @@ def profile_forward(model: nn.Module, inputs: tuple[Any, ...] | dict[str, Any]) 
     """
     counter = _MacCounter()
     root, places = _module_places(model)
-    given = tree_flatten(inputs)[0]
+    if not isinstance(inputs, Feed):
+        inputs = Feed(kwargs=inputs) if isinstance(inputs, dict) else Feed(args=tuple(inputs))
+    given = tree_flatten((inputs.args, inputs.kwargs))[0]
     memory = _NewMemory([*model.parameters(), *model.buffers(), *(t for t in given if isinstance(t, torch.Tensor))])
     with _module_hooks(places, counter, memory), _no_hidden_fast_paths(), counter, torch.inference_mode():
         try:
-            if isinstance(inputs, dict):
-                model(**inputs)
-            else:
-                model(*inputs)
+            model(*inputs.args, **inputs.kwargs)
         except Exception as exc:
             if counter.needs_values:
                 raise NeedsRealValues(counter.needs_values) from exc

@@ -131,7 +131,8 @@ def output_width(spec: ModelSpec, arguments: dict[str, Any], input_size: tuple[i
     try:
         net = build_on_meta(lambda: spec.build(input_size, **arguments)).eval()
         with torch.inference_mode():
-            outputs = net(*spec.example_input(input_size, device="meta"))
+            feed = spec.example_input(input_size, device="meta")
+            outputs = net(*feed.args, **feed.kwargs)
     except (Exception, SystemExit):  # a user's forward that fails or exits fails again, reported, on real data
         return None
     tensors = [t for t in tree_flatten(outputs)[0] if isinstance(t, torch.Tensor)]

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from rlcli.core.feeds import Feed, InputSpec
 from rlcli.core.images import Preprocess
 from rlcli.errors import CheckpointError, ModelNotFoundError
 from rlcli.models.cards import ModelCard, Paper, Published
@@ -54,18 +55,27 @@ class ModelSpec:
     arguments_from_state: Callable[[dict[str, torch.Tensor]], dict[str, Any]] | None = field(
         default=None, repr=False, compare=False
     )
+    # The input for a size, when the model takes more than one tensor of the card's dtype (see core/feeds.py).
+    inputs: Callable[[tuple[int, ...]], InputSpec] | None = field(default=None, repr=False, compare=False)
 
     def build(self, input_size: tuple[int, ...] | None = None, **kwargs: Any) -> nn.Module:
         """Build the model for ``input_size`` (default: the model's own); unset (None) options are dropped."""
         options = {key: value for key, value in kwargs.items() if value is not None}
         return self.builder(input_size or self.card.default_input, **options)
 
+    def inputs_for(self, input_size: tuple[int, ...] | None = None) -> InputSpec:
+        """What the model is fed for one sample of ``input_size`` (default: the card's): the spec's own ``inputs``
+        (token ids with a mask, lists of images, image pairs), else one tensor of the card's dtype."""
+        size = tuple(input_size or self.card.default_input)
+        if self.inputs is not None:
+            return self.inputs(size)
+        return InputSpec.single(size, self.card.input_dtype)
+
     def example_input(
         self, input_size: tuple[int, ...] | None = None, batch_size: int = 1, device: str = "meta"
-    ) -> tuple[torch.Tensor, ...]:
-        """A placeholder batch: ``(batch_size, *input_size)`` zeros of the card's ``input_dtype`` (no data on meta)."""
-        size = input_size or self.card.default_input
-        return (torch.zeros((batch_size, *size), dtype=getattr(torch, self.card.input_dtype), device=device),)
+    ) -> Feed:
+        """A placeholder batch of ``inputs_for(input_size)``: empty on meta, seeded values elsewhere."""
+        return self.inputs_for(input_size).feed(batch_size, device=device)
 
     def accepted_arguments(self) -> dict[str, Any]:
         """Keyword arguments a stored checkpoint may pass to the builder, with their defaults."""
@@ -167,6 +177,7 @@ def register_model(
     published: Published | None = None,
     arguments: Callable[..., Any] | None = None,
     arguments_from_state: Callable[[dict[str, torch.Tensor]], dict[str, Any]] | None = None,
+    inputs: Callable[[tuple[int, ...]], InputSpec] | None = None,
 ) -> Callable[[Builder], Builder]:
     """Register one of rlcli's own architectures under ``name`` (timm's ``@register_model`` pattern)."""
 
@@ -186,7 +197,7 @@ def register_model(
             published=published,
         )
         _OWN_MODELS[name] = ModelSpec(
-            card=card, builder=builder, arguments=arguments, arguments_from_state=arguments_from_state
+            card=card, builder=builder, arguments=arguments, arguments_from_state=arguments_from_state, inputs=inputs
         )
         return builder
 

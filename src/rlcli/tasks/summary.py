@@ -10,7 +10,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from rlcli.core.shapes import check_tensor_size, format_size, parse_input_size
+from rlcli.core.shapes import parse_input_size
 from rlcli.errors import ModelRunError, UsageError
 
 COUNTERS = ("rlcli", "fvcore")
@@ -66,8 +66,10 @@ class ModelSummary:
     source: str
     input_size: list[int]
     batch_size: int
-    input_shape: list[int]  # the exact tensor fed: (batch_size, *input_size)
+    input_shape: list[int]  # the first tensor fed: (batch_size, *input_size)
     input_dtype: str
+    inputs: list[dict[str, Any]]  # every tensor fed: name (None: positional), shape with the batch, list_of, dtype
+    input_description: str  # the same in words, for headers: "input_ids 1x128 int64, attention_mask 1x128 int64"
     counter: str
     convention: str
     params: int
@@ -95,6 +97,7 @@ def summarize(
     model: str,
     *,
     input_size: str | None = None,
+    inputs: str | None = None,
     batch_size: int = 1,
     depth: int | None = 3,
     counter: str = "rlcli",
@@ -105,6 +108,8 @@ def summarize(
         model: a registry name (`rl models` lists them) or a user reference.
         input_size: one sample's shape, e.g. ``"3x384x384"`` (``"384"`` for a registered image model); for a user's
             model exactly the shape given (``"10"``, ``"16x8"``). Default: the model's (the weights' crop size).
+        inputs: every tensor the forward takes (``--inputs``: ``"input_ids=128:int64 attention_mask=128:int64"``,
+            ``"[3x800x800]"``, or a .json file; see ``rlcli.core.feeds``), instead of the model's own input.
         batch_size: the batch of the example input; MACs and activation memory scale with it.
         depth: deepest module level in ``layers`` (0 = the model alone, None = every level).
         counter: ``"rlcli"`` (meta device, torchvision's convention) or ``"fvcore"`` (fvcore's, on the CPU).
@@ -126,19 +131,34 @@ def summarize(
     # rl cannot know what a user's network takes: their size is the sample shape as given, never a shorthand.
     exact = spec.card.source == "user"
     size = parse_input_size(input_size, spec.card.default_input, exact=exact) if input_size else spec.card.default_input
-    return summarize_spec(spec, size, batch_size=batch_size, depth=depth, counter=counter)
+    feeds = None
+    if inputs is not None:
+        from rlcli.core.feeds import parse_inputs
+
+        feeds = parse_inputs(inputs)
+        if input_size is None and exact:
+            size = feeds.primary.shape
+    return summarize_spec(spec, size, inputs=feeds, batch_size=batch_size, depth=depth, counter=counter)
 
 
 def summarize_spec(
-    spec, size: tuple[int, ...], *, batch_size: int = 1, depth: int | None = 3, counter: str = "rlcli"
+    spec,
+    size: tuple[int, ...],
+    *,
+    inputs=None,
+    batch_size: int = 1,
+    depth: int | None = 3,
+    counter: str = "rlcli",
 ) -> ModelSummary:
-    """``summarize`` for a spec that need not be registered (``rl compare`` builds scaled family members)."""
-    import torch
+    """``summarize`` for a spec that need not be registered (``rl compare`` builds scaled family members).
 
-    check_tensor_size((batch_size, *size), getattr(torch, spec.card.input_dtype).itemsize)
-    where = f"{spec.card.name} at input {format_size((batch_size, *size))}"
+    ``inputs`` (a ``core.feeds.InputSpec``) replaces what the spec would feed at ``size``.
+    """
+    feeds = inputs or spec.inputs_for(size)
+    feeds.check(batch_size)
+    where = f"{spec.card.name} at input {feeds.label(batch_size)}"
     if counter == "fvcore":
-        return _summarize_with_fvcore(spec, size, batch_size, depth, where)
+        return _summarize_with_fvcore(spec, size, feeds, batch_size, depth, where)
 
     from rlcli.core.flops import CONVENTION, NeedsRealValues, profile_forward
     from rlcli.core.meta import MetaBuildError, build_on_meta
@@ -147,17 +167,19 @@ def summarize_spec(
         net = _eval(_build(lambda: build_on_meta(lambda: spec.build(size)), where))
     except MetaBuildError as exc:
         return _summarize_on_cpu(
-            spec, size, batch_size, depth, where, f"building it on the meta device failed ({exc.reason})"
+            spec, size, feeds, batch_size, depth, where, f"building it on the meta device failed ({exc.reason})"
         )
     try:
-        profile = _run(lambda: profile_forward(net, spec.example_input(size, batch_size)), where, NeedsRealValues)
+        profile = _run(lambda: profile_forward(net, feeds.feed(batch_size)), where, NeedsRealValues)
     except NeedsRealValues as exc:
-        return _summarize_on_cpu(spec, size, batch_size, depth, where, exc.reason, meta_net=net)
+        return _summarize_on_cpu(spec, size, feeds, batch_size, depth, where, exc.reason, meta_net=net)
     macs_by_module = {record.name: record.macs for record in profile.modules}
-    return _assemble(spec, net, size, batch_size, depth, profile, macs_by_module, "rlcli", CONVENTION, "meta", [])
+    return _assemble(
+        spec, net, size, feeds, batch_size, depth, profile, macs_by_module, "rlcli", CONVENTION, "meta", []
+    )
 
 
-def _summarize_on_cpu(spec, size, batch_size, depth, where, reason, meta_net=None) -> ModelSummary:
+def _summarize_on_cpu(spec, size, feeds, batch_size, depth, where, reason, meta_net=None) -> ModelSummary:
     """Count on real CPU tensors: random weights (seed 0), a random-normal float input or zeros for integers.
 
     The weights must fit in the memory available now (checked on the meta model when there is one); the cost is
@@ -176,29 +198,18 @@ def _summarize_on_cpu(spec, size, batch_size, depth, where, reason, meta_net=Non
     with torch.random.fork_rng(devices=[]), peak_rss_increase() as peak:
         torch.manual_seed(0)
         net = _eval(_build(lambda: spec.build(size), where))
-        inputs, filled = _real_input(spec, size, batch_size)
-        profile = _run(lambda: profile_forward(net, inputs), where)
+        profile = _run(lambda: profile_forward(net, feeds.feed(batch_size, device="cpu")), where)
     fallback = CpuFallback(
         reason=reason,
         weights="random",
-        input=filled,
+        input=feeds.fills(),
         weight_bytes=_tensor_bytes(net),
         peak_rss_increase_bytes=peak.increase,
     )
     macs_by_module = {record.name: record.macs for record in profile.modules}
     return _assemble(
-        spec, net, size, batch_size, depth, profile, macs_by_module, "rlcli", CONVENTION, "cpu", [], fallback
+        spec, net, size, feeds, batch_size, depth, profile, macs_by_module, "rlcli", CONVENTION, "cpu", [], fallback
     )
-
-
-def _real_input(spec, size, batch_size):
-    import torch
-
-    dtype = getattr(torch, spec.card.input_dtype)
-    shape = (batch_size, *size)
-    if dtype.is_floating_point:
-        return (torch.randn(shape, dtype=dtype, generator=torch.Generator().manual_seed(0)),), "random-normal"
-    return (torch.zeros(shape, dtype=dtype),), "zeros"
 
 
 def _tensor_bytes(net) -> int:
@@ -217,7 +228,7 @@ def _check_weights_fit(meta_net, where: str, reason: str) -> None:
         )
 
 
-def _summarize_with_fvcore(spec, size, batch_size, depth, where) -> ModelSummary:
+def _summarize_with_fvcore(spec, size, feeds, batch_size, depth, where) -> ModelSummary:
     import torch
     from fvcore.nn import FlopCountAnalysis
 
@@ -225,10 +236,12 @@ def _summarize_with_fvcore(spec, size, batch_size, depth, where) -> ModelSummary
 
     # fvcore traces with torch.jit, which needs real tensors: the weights are allocated on the CPU here.
     net = _eval(_build(lambda: spec.build(size), where))
-    inputs = spec.example_input(size, batch_size, device="cpu")
-    profile = _run(lambda: profile_forward(net, inputs), where)
+    feed = feeds.feed(batch_size, device="cpu")
+    if feed.kwargs:
+        raise UsageError(f"{where}: --counter fvcore takes positional inputs only (fvcore traces with torch.jit)")
+    profile = _run(lambda: profile_forward(net, feed), where)
     with torch.inference_mode():
-        analysis = FlopCountAnalysis(net, inputs)
+        analysis = FlopCountAnalysis(net, feed.args)
         analysis.unsupported_ops_warnings(False)
         analysis.uncalled_modules_warnings(False)
         analysis.tracer_warnings("none")
@@ -239,6 +252,7 @@ def _summarize_with_fvcore(spec, size, batch_size, depth, where) -> ModelSummary
         spec,
         net,
         size,
+        feeds,
         batch_size,
         depth,
         profile,
@@ -254,6 +268,7 @@ def _assemble(
     spec,
     net,
     size,
+    feeds,
     batch_size,
     depth,
     profile,
@@ -302,8 +317,10 @@ def _assemble(
         source=spec.card.source,
         input_size=list(size),
         batch_size=batch_size,
-        input_shape=[batch_size, *size],
-        input_dtype=spec.card.input_dtype,
+        input_shape=[batch_size, *feeds.primary.shape],
+        input_dtype=feeds.primary.dtype,
+        inputs=feeds.entries(batch_size),
+        input_description=feeds.describe(batch_size),
         counter=counter,
         convention=convention,
         params=total,
