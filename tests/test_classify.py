@@ -402,7 +402,7 @@ def test_models_that_are_not_image_classifiers_are_refused(rl, tmp_path, test_im
     from rlcli.core.meta import build_on_meta
     from rlcli.models.registry import get_spec
 
-    for name, task in (("yolov5n", "object-detection"), ("csra_resnet18", "multi-label")):
+    for name, task in (("yolov5n", "detection"), ("csra_resnet18", "multi-label")):
         state = {
             k: torch.zeros(v.shape, dtype=v.dtype) for k, v in build_on_meta(get_spec(name).build).state_dict().items()
         }

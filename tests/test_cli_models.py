@@ -83,3 +83,15 @@ def test_shell_completion_of_model_names_does_not_import_torch():
     done = subprocess.run([sys.executable, "-c", env_code], capture_output=True, text=True, env=env, timeout=60)
     assert done.stdout.split() == ["swin_v2_b", "swin_v2_s", "swin_v2_t"]
     assert done.stderr.endswith("TORCH-FREE")
+
+
+def test_models_filter_by_task(rl):
+    result = rl("models", "--task", "language-model", "--json")
+    assert result.code == 0, result.stderr
+    names = {m["name"] for m in json.loads(result.stdout)["models"]}
+    assert {"gpt2", "gpt3_175b", "shakespeare"} <= names
+    assert all(m["task"] == "language-model" for m in json.loads(result.stdout)["models"])
+    unknown = rl("models", "--task", "juggling")
+    assert unknown.code == 2 and "unknown task 'juggling': choose" in unknown.stderr
+    none = rl("models", "resnet", "--task", "language-model")
+    assert none.code == 1 and none.stderr == "error: no model of task language-model matches 'resnet'\n"

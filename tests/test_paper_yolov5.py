@@ -35,7 +35,7 @@ def test_counts_against_the_official_code_and_readme(name):
     assert 2 * summary.macs == pytest.approx(README_FLOPS[name], rel=0.02)
     assert summary.paper.macs_compared and summary.paper.flops.rl == 2 * MACS[name]
     card = get_spec(name).card
-    assert card.task == "object-detection" and card.default_input == (3, 640, 640) and card.preprocess is None
+    assert card.task == "detection" and card.default_input == (3, 640, 640) and card.preprocess is None
     # The card explains every figure that is off by more than rounding.
     assert summary.paper.flops.within_rounding or card.published.note
     assert summary.paper.params.within_rounding or "fusing BN" in card.published.note

@@ -17,7 +17,15 @@ Examples:
   rl models
   rl models 'resnet*'
   rl models swin --json
+  rl models --task detection
+  rl models --paper
 """
+
+
+def complete_task(incomplete: str) -> list[str]:
+    from rlcli.models.catalog import load_index
+
+    return sorted({e.task for e in load_index().entries if e.task.startswith(incomplete)})
 
 
 def register(app: typer.Typer) -> None:
@@ -29,6 +37,12 @@ def models_command(
     paper: bool = typer.Option(
         False, "--paper", help="Models with a paper card: the paper's published figures beside rl's count."
     ),
+    task: str | None = typer.Option(
+        None,
+        "--task",
+        help="Only models of this task (image-classification, detection, language-model ...).",
+        autocompletion=complete_task,
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON document."),
     csv_out: bool = typer.Option(False, "--csv", help="Print CSV."),
 ) -> None:
@@ -37,10 +51,16 @@ def models_command(
     fmt = choose_format(json_out, csv_out)
     index = load_index()
     entries = find_models(pattern)
+    if task is not None:
+        tasks = sorted({e.task for e in index.entries})
+        if task not in tasks:
+            raise typer.BadParameter(f"unknown task '{task}': choose {', '.join(tasks)}", param_hint="--task")
+        entries = [e for e in entries if e.task == task]
     if paper:
         entries = [e for e in entries if e.paper]
     if not entries:
-        raise RlError(f"no model {'with a paper card ' if paper else ''}matches '{pattern}'")
+        which = "".join((" with a paper card" if paper else "", f" of task {task}" if task else ""))
+        raise RlError(f"no model{which}" + (f" matches '{pattern}'" if pattern else ""))
     if paper:
         print_papers(entries, fmt, index.convention)
         return

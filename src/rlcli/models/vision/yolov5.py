@@ -334,7 +334,7 @@ def _register(name: str, variant: Variant) -> None:
     register_model(
         name,
         family="yolov5",
-        task="object-detection",
+        task="detection",
         default_input=(3, 640, 640),
         preprocess=None,  # letterbox to 640 (grey 114 padding), /255: see the module docstring
         paper=PAPER,
