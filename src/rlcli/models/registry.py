@@ -228,6 +228,11 @@ def get_spec(name: str, *, user_code: bool = False) -> ModelSpec:
             f"'{name}' is not a registered model but a reference to Python code, which rl runs only when you type "
             f"it yourself: pass --model {name} if you trust it"
         )
+    if user_code:  # a Hugging Face model folder or cached Hub name: its config.json is read as data, never run
+        from rlcli.models.language.hf_config import spec_from_hf
+
+        if (folder_spec := spec_from_hf(name)) is not None:
+            return folder_spec
     close = suggest(name, list(specs))
     hint = f"; did you mean {', '.join(close)}?" if close else "; `rl models` lists them"
     raise ModelNotFoundError(f"unknown model '{name}'{hint}")
