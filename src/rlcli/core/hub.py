@@ -18,6 +18,10 @@ HUB_ALIASES = {
     "gpt2-large": ("openai-community/gpt2-large", "gpt2-large"),
     "gpt2-xl": ("openai-community/gpt2-xl", "gpt2-xl"),
     "distilgpt2": ("distilbert/distilgpt2", "distilgpt2"),
+    **{
+        name: (f"google-bert/{name}", name)
+        for name in ("bert-base-uncased", "bert-large-uncased", "bert-base-cased", "bert-large-cased")
+    },
 }
 
 

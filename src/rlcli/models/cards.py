@@ -79,7 +79,7 @@ class ModelCard:
 
     name: str
     family: str
-    source: str  # "torchvision", "rlcli" or "user"
+    source: str  # "torchvision", "rlcli", "huggingface" (a config.json folder or cached Hub name) or "user"
     task: str  # "image-classification", "multi-label", "language-model" or "unknown"
     default_input: tuple[int, ...]
     input_kind: str = "image"

@@ -336,7 +336,7 @@ def _register(name: str, config: BertConfig, params: str) -> None:
     register_model(
         name,
         family="bert",
-        task="feature-extraction",
+        task="masked-lm",
         default_input=(config.max_position_embeddings,),
         input_kind="tokens",
         paper=PAPER,

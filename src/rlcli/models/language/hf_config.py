@@ -97,7 +97,7 @@ def _bert_spec(name: str, data: dict[str, Any]) -> ModelSpec:
     def build(input_size: tuple[int, ...], **kwargs: Any) -> BertModel:
         return BertModel(replace(config, **kwargs))
 
-    card = _card(name, "bert", "feature-extraction", config.max_position_embeddings)
+    card = _card(name, "bert", "masked-lm", config.max_position_embeddings)
     return ModelSpec(card=card, builder=build, arguments=BertConfig, inputs=token_inputs)
 
 
