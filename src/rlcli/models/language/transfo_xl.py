@@ -13,15 +13,17 @@ tables and, past the head cluster, their projections (``tie_weight``, ``tie_proj
 ``proj_share_all_but_first``) evaluated with tgt_len 128, mem_len 1600, clamp_len 1000 and same_length (the same
 in the official pytorch/run_wt103_large.sh). Its PyTorch form is Hugging Face's conversion, ``transfo-xl-wt103``
 (TransfoXLLMHeadModel, gone from transformers 5): module names follow it (``transformer.layers.0.dec_attn.qkv_net``,
-``crit.out_layers.0``) so that file loads as it is. The official PyTorch mem_transformer.py differs in two places,
-both as the TF model is: it shares one u and v across layers, and its adaptive softmax reads tail cluster i's
-probability from head column ``-i`` where TF (and so the released weights) reads ``cutoffs[0] + i - 1``.
+``crit.out_layers.0``) so that file loads as it is. The official PyTorch mem_transformer.py differs from the TF
+model in two places: it shares one u and v across layers, and its adaptive softmax reads tail cluster i's
+probability from head column ``-i`` where TF (and so the released weights) reads ``cutoffs[0] + i - 1``; rl
+follows TF.
 
-Two departures in form, not in result, so the model runs on the meta device (no data-dependent shapes):
+Two choices of form, which leave every value as the official code computes it:
 
-- the adaptive input projects every token through every cluster's projection and keeps its own cluster's (the
-  official code gathers each cluster's tokens with ``nonzero`` and projects only those): the embedding's MACs are
-  T x d_model x (1024 + 256 + 64 + 16) where the official code spends T x d_model x (its cluster's width);
+- so that it runs on the meta device (no data-dependent shapes), the adaptive input projects every token through
+  every cluster's projection and keeps its own cluster's (the official code gathers each cluster's tokens with
+  ``nonzero`` and projects only those): the embedding's MACs are T x d_model x (1024 + 256 + 64 + 16) where the
+  official code spends T x d_model x (its cluster's width);
 - the output is the log-probabilities of the whole vocabulary (as Hugging Face's ``crit`` without labels): the
   head and every tail cluster for every token.
 
@@ -384,7 +386,7 @@ register_model(
         convention="the paper prints parameters only; rl's MACs are per segment of T tokens with a memory of 1,600 "
         "(the released evaluation), per token divided by T",
         note="the released 18-layer config builds 285.2 M (official mem_transformer.py: 285,170,506 with one u, v; "
-        "+34,816 per-layer as the TF weights): 245.5 M layers, 38.3 M tied adaptive input, 1.3 M softmax; Table 1's "
+        "+34,816 per-layer as the TF weights): 245.6 M layers, 38.3 M tied adaptive input, 1.3 M softmax; Table 1's "
         "257M matches no tying of it (unresolved)",
     ),
     arguments=TransfoXLConfig,
