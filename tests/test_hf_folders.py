@@ -39,7 +39,15 @@ def write_config(folder, data):
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     """Tiny random models written by transformers' save_pretrained, with transformers' own parameter counts."""
-    from transformers import BertConfig, BertForPreTraining, BertModel, GPT2Config, GPT2LMHeadModel
+    from transformers import (
+        BertConfig,
+        BertForPreTraining,
+        BertModel,
+        GPT2Config,
+        GPT2LMHeadModel,
+        XLNetConfig,
+        XLNetModel,
+    )
 
     root = tmp_path_factory.mktemp("hf")
     torch.manual_seed(0)
@@ -47,6 +55,7 @@ def saved(tmp_path_factory):
         "bert": BertModel(BertConfig(**TINY_BERT)),
         "bert-pretraining": BertForPreTraining(BertConfig(**TINY_BERT)),
         "gpt2": GPT2LMHeadModel(GPT2Config(vocab_size=97, n_positions=48, n_embd=32, n_layer=2, n_head=4)),
+        "xlnet": XLNetModel(XLNetConfig(vocab_size=97, d_model=32, n_layer=2, n_head=4, d_inner=64)),
     }
     counts = {}
     for name, model in models.items():
@@ -55,7 +64,9 @@ def saved(tmp_path_factory):
     return root, counts
 
 
-@pytest.mark.parametrize(("name", "family", "tokens"), [("bert", "bert", 40), ("gpt2", "gpt2", 48)])
+@pytest.mark.parametrize(
+    ("name", "family", "tokens"), [("bert", "bert", 40), ("gpt2", "gpt2", 48), ("xlnet", "xlnet", 512)]
+)
 def test_a_folder_written_by_transformers_summarizes_with_its_count(rl, saved, name, family, tokens):
     root, counts = saved
     summary = summary_json(rl, str(root / name))

@@ -116,9 +116,34 @@ def _gpt2_spec(name: str, data: dict[str, Any]) -> ModelSpec:
     return ModelSpec(card=card, builder=build, arguments=GPT2Config)
 
 
+def _xlnet_spec(name: str, data: dict[str, Any]) -> ModelSpec:
+    from rlcli.models.language.xlnet import (
+        SEQUENCE,
+        XLNetConfig,
+        XLNetModel,
+        config_from_hf,
+        token_and_memory_inputs,
+    )
+
+    try:
+        config = config_from_hf(data)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"not an XLNet config rl builds ({exc})") from None
+
+    def build(input_size: tuple[int, ...], **kwargs: Any) -> XLNetModel:
+        return XLNetModel(replace(config, **kwargs))
+
+    card = _card(name, "xlnet", "language-model", SEQUENCE)
+    return ModelSpec(card=card, builder=build, arguments=XLNetConfig, inputs=token_and_memory_inputs(config))
+
+
 def _card(name: str, family: str, task: str, tokens: int) -> ModelCard:
     return ModelCard(name=name, family=family, source=SOURCE, task=task, default_input=(tokens,), input_kind="tokens")
 
 
 # model_type -> spec maker: the only architectures a config.json can select.
-_BUILDERS: dict[str, Callable[[str, dict[str, Any]], ModelSpec]] = {"bert": _bert_spec, "gpt2": _gpt2_spec}
+_BUILDERS: dict[str, Callable[[str, dict[str, Any]], ModelSpec]] = {
+    "bert": _bert_spec,
+    "gpt2": _gpt2_spec,
+    "xlnet": _xlnet_spec,
+}

@@ -23,7 +23,7 @@ them when mem_len is None), in the layout the memory came in.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -265,9 +265,8 @@ PAPER = Paper(
 )
 
 
-def _register(name: str, config: XLNetConfig) -> None:
-    def build(input_size: tuple[int, ...], **settings) -> XLNetModel:
-        return XLNetModel(XLNetConfig(**{**asdict(config), **settings}))
+def token_and_memory_inputs(config: XLNetConfig) -> Callable[[tuple[int, ...]], InputSpec]:
+    """The feed at a sequence length: ids and segment ids, and a pretraining-sized memory of every layer."""
 
     def inputs(size: tuple[int, ...]) -> InputSpec:
         return InputSpec(
@@ -277,6 +276,22 @@ def _register(name: str, config: XLNetConfig) -> None:
                 TensorSpec((config.n_layer, MEMORY, config.d_model), "float32", "mems"),
             )
         )
+
+    return inputs
+
+
+def config_from_hf(data: dict) -> XLNetConfig:
+    """From a Hugging Face ``config.json`` of model_type xlnet; fields that change the maths and that rl does not
+    build are refused by name."""
+    if data.get("untie_r", True) is not True:
+        raise ValueError("untie_r false (one set of attention biases for all layers) is not built by rl")
+    fields = {name for name in XLNetConfig.__dataclass_fields__}
+    return XLNetConfig(**{key: value for key, value in data.items() if key in fields})
+
+
+def _register(name: str, config: XLNetConfig) -> None:
+    def build(input_size: tuple[int, ...], **settings) -> XLNetModel:
+        return XLNetModel(XLNetConfig(**{**asdict(config), **settings}))
 
     # The paper prints no parameter or operation counts ("XLNet-Large ... the same architecture hyperparameters
     # as BERT-Large, which results in a similar model size"): a card without figures.
@@ -288,7 +303,7 @@ def _register(name: str, config: XLNetConfig) -> None:
         input_kind="tokens",
         paper=PAPER,
         arguments=XLNetConfig,
-        inputs=inputs,
+        inputs=token_and_memory_inputs(config),
     )(build)
 
 
