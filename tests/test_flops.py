@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -9,8 +11,8 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.nn.modules import module as module_hooks
 
-from rlcli.core.flops import profile_forward
-from rlcli.core.meta import build_on_meta
+from rlcli.core.flops import NeedsRealValues, profile_forward
+from rlcli.core.meta import ValueSteps, build_on_meta, value_steps_on_meta
 from rlcli.errors import ModelRunError
 from tiny_models import (
     Attention,
@@ -165,6 +167,89 @@ def test_meta_build_falls_back_for_constructors_that_read_tensors():
     net = build_on_meta(torchvision.models.regnet_y_400mf)
     assert all(p.device.type == "meta" for p in net.parameters())
     assert sum(p.numel() for p in net.parameters()) == 4_344_144
+
+
+# --- forward passes whose work depends on values: selections at their caps, value-reading steps on the CPU -------
+
+
+def select_by_overlap(boxes, scores):
+    """A stand-in for NMS as a model calls it by module attribute: reads values, returns kept indices."""
+    keep = [i for i in scores.argsort(descending=True).tolist() if boxes[i, 0] >= 0]
+    return torch.tensor(keep, dtype=torch.int64)
+
+
+def describe_corners(boxes):
+    """Reads values to size its result, and does a matmul on real tensors (counted like any other work)."""
+    width = int(boxes[0, 2] - boxes[0, 0] + 1)
+    return torch.zeros(boxes.shape[0], width) @ torch.zeros(width, 5)
+
+
+class Selecting(nn.Module):
+    """Scores candidates, keeps those above a threshold and what the selection function keeps, caps them at 3, runs a
+    head on what is left and describes it with a value-reading function."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.score = nn.Linear(4, 1)
+        self.head = nn.Linear(4, 6)
+
+    def forward(self, boxes):
+        scores = self.score(boxes).squeeze(1)
+        keep = torch.where(scores > 0.5)[0]
+        boxes, scores = boxes[keep], scores[keep]
+        kept = boxes[select_by_overlap(boxes, scores)][:3]  # looked up at call time: a step can stand in for it
+        return self.head(kept), describe_corners(kept)
+
+
+def keep_every_box(boxes, scores):
+    return scores.argsort(descending=True)
+
+
+STEPS = ValueSteps(
+    selections={f"{__name__}:select_by_overlap": keep_every_box},
+    on_cpu=(f"{__name__}:describe_corners",),
+    caps=lambda model: ["3 boxes"],
+)
+
+
+def test_without_value_steps_a_selection_needs_real_values():
+    with pytest.raises(NeedsRealValues):
+        profile_forward(build_on_meta(Selecting), meta_input(10, 4))
+
+
+def test_selections_keep_every_candidate_up_to_the_cap_and_value_steps_run_on_real_tensors():
+    net = build_on_meta(Selecting)
+    with value_steps_on_meta(STEPS) as ran:
+        profile = profile_forward(net, meta_input(10, 4))
+    layers = by_name(profile)
+    assert layers["score"].macs == 10 * 4
+    assert layers["head"].macs == 3 * 4 * 6  # every box passed the threshold and the selection: the cap of 3
+    assert layers["head"].output_shapes == [(3, 6)]
+    # describe_corners ran on zeros of the shape that reached it: width 1, so a 3x1 @ 1x5 product
+    assert profile.total_macs == 10 * 4 + 3 * 4 * 6 + 3 * 1 * 5
+    [step] = ran
+    assert step.function == f"{__name__}:describe_corners" and step.calls == 1
+    assert step.input_shapes == [[3, 4]] and step.output_shapes == [[3, 5]]
+    assert step.tensor_bytes == 3 * 4 * 4 + 3 * 5 * 4
+    assert all(p.device.type == "meta" for p in net.parameters())
+
+
+def test_value_steps_are_undone_afterwards():
+    module = sys.modules[__name__]
+    original = module.select_by_overlap, module.describe_corners
+    with pytest.raises(RuntimeError), value_steps_on_meta(STEPS):
+        raise RuntimeError("interrupted")
+    assert (module.select_by_overlap, module.describe_corners) == original
+    with pytest.raises(NeedsRealValues):  # boolean masks need real values again
+        profile_forward(build_on_meta(Selecting), meta_input(10, 4))
+
+
+def test_a_step_that_names_nothing_is_an_error():
+    with (
+        pytest.raises(ValueError, match="no_such_function"),
+        value_steps_on_meta(ValueSteps(on_cpu=(f"{__name__}:no_such_function",))),
+    ):
+        pass
 
 
 # --- a property: randomly composed networks against MACs computed from their layer shapes ------------------------
