@@ -117,7 +117,7 @@ def test_debug_shows_the_traceback(rl):
     result = rl("--debug", "summary", "swin_tt")
     assert result.code == 1
     assert "Traceback" in result.stderr
-    assert result.stderr.rstrip().endswith("error: unknown model 'swin_tt'; did you mean swin_t, cswin_t, swin_s?")
+    assert result.stderr.rstrip().endswith("error: unknown model 'swin_tt'; did you mean swin_t, cswin_t, swin3d_t?")
 
 
 def test_a_shared_module_is_shown_at_each_place(rl):
@@ -180,3 +180,47 @@ def test_a_forward_pass_that_reads_values_says_it_was_counted_on_the_cpu(rl):
     model = json.loads(rl("summary", "tiny_models:NonzeroNet", "-i", "6", "--json").stdout)["models"][0]
     assert model["counted_on"] == "cpu" and model["cpu_fallback"]["reason"] == "aten::nonzero needs real values"
     assert model["macs"] == 6 * 4
+
+
+def test_a_detector_says_which_steps_depended_on_values_and_what_ran_for_real(rl):
+    result = rl("summary", "ssd300_vgg16", "--depth", "1")
+    assert result.code == 0, result.stderr
+    assert "ssd300_vgg16 (torchvision, ssd) at input 1 x [3x300x300] float32" in result.stdout
+    assert "Counted by rlcli on the meta device (no weights allocated)" in result.stdout
+    assert (
+        "Selections (score thresholds, NMS) kept every candidate, so the work after them is at the model's caps: "
+        "400 candidates per class (topk_candidates), 200 detections per image (detections_per_img)."
+    ) in result.stdout
+    assert "Ran for real: nothing; every step ran on the meta device." in result.stdout
+
+    masks = rl("summary", "maskrcnn_resnet50_fpn", "--depth", "0")
+    assert masks.code == 0, masks.stderr
+    assert re.search(
+        r"Ran for real on the CPU, on zeros of the shapes that reached it: paste_masks_in_image \(1 call: "
+        r"\[100, 1, 28, 28\], \[100, 4\] -> \[100, 1, 800, 800\]; 2\d\d\.\d MiB of tensors\); peak memory \(RSS\) "
+        r"\+\d+\.\d [MG]iB\.",
+        masks.stdout,
+    ), masks.stdout
+    assert (
+        "torchvision's 134.38 GFLOPS (MaskRCNN_ResNet50_FPN_Weights.COCO_V1) are rl's count at 3x800x800 with "
+        "box_detections_per_img=0:"
+    ) in masks.stdout
+
+    document = json.loads(rl("summary", "maskrcnn_resnet50_fpn", "--depth", "0", "--json").stdout)["models"][0]
+    steps = document["value_steps"]
+    assert steps["caps"] == [
+        "1,000 proposals per image (rpn_post_nms_top_n_test)",
+        "100 detections per image (box_detections_per_img)",
+    ]
+    [paste] = steps["ran_for_real"]
+    assert paste["function"] == "torchvision.models.detection.transform:paste_masks_in_image"
+    assert paste["output_shapes"] == [[100, 1, 800, 800]] and paste["tensor_bytes"] >= 100 * 800 * 800 * 4
+    assert document["measured"][0]["arguments"] == [["box_detections_per_img", 0]]
+
+
+def test_optical_flow_takes_two_images(rl):
+    result = rl("summary", "raft_small", "--depth", "1")
+    assert result.code == 0, result.stderr
+    assert "raft_small (torchvision, raft) at input 1x3x512x512 float32, 1x3x512x512 float32" in result.stdout
+    assert "MACs: 47,655," in result.stdout
+    assert "Ran for real" not in result.stdout

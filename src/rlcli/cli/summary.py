@@ -29,6 +29,9 @@ HELP = """Show a model's layers, parameters, MACs/FLOPs and memory, counted with
 MODEL is a name from `rl models`, a `package.module:callable` or a `path/to/file.py:callable` that returns an
 nn.Module. The model is built on the meta device: vit_h_14 costs no more memory than resnet18. A forward pass
 that reads tensor values (.item(), nonzero) is counted on the CPU instead, and the footer says why and at what cost.
+torchvision's detectors stay on the meta device: their selections (score thresholds, NMS) keep every candidate, so
+heads are counted at the model's caps, and the steps that read values (pasting masks) run on real tensors; the
+footer says which, and what they cost in memory.
 
 Examples:
 
@@ -36,6 +39,7 @@ Examples:
   rl summary swin_t
   rl summary vit_b_16 --input-size 3x384x384 --depth 2
   rl summary resnet50 resnext50_32x4d mobilenet_v3_large --depth 0
+  rl summary maskrcnn_resnet50_fpn --input-size 3x512x512
   rl summary mynets.py:TinyNet --input-size 1x28x28 --json
 """
 
@@ -84,9 +88,7 @@ def summary_command(
 
     fmt = choose_format(json_out, csv_out)
     summaries = [
-        summarize(
-            name, input_size=input_size, inputs=inputs, batch_size=batch_size, depth=depth, counter=counter.value
-        )
+        summarize(name, input_size=input_size, inputs=inputs, batch_size=batch_size, depth=depth, counter=counter.value)
         for name in models
     ]
     if fmt == OutputFormat.json:
@@ -166,6 +168,8 @@ def footer(summary: ModelSummary) -> list[str]:
         f"Activations: {size_bytes(summary.activation_bytes)} ({summary.activation_definition})",
         *_per_token(summary),
         f"Counted by {summary.counter} on {where}. Params and MACs of a row include its submodules.",
+        *_value_step_lines(summary.value_steps),
+        *_measured_lines(summary),
         *_table_marks(summary),
         f"Convention: {summary.convention}.",
     ]
@@ -228,6 +232,45 @@ def _fallback(fallback) -> str:
         f"the CPU because {fallback.reason}: {tensors}, so work that depends on values is this input's; it cost "
         f"{size_bytes(fallback.weight_bytes)} of weights, {memory}"
     )
+
+
+def _value_step_lines(steps) -> list[str]:
+    """What a meta-device pass did where the forward depends on values: selections at the caps, real steps' cost."""
+    if steps is None:
+        return []
+    lines = [
+        "Selections (score thresholds, NMS) kept every candidate, so the work after them is at the model's caps: "
+        + ", ".join(steps.caps)
+        + "."
+    ]
+    if not steps.ran_for_real:
+        return [*lines, "Ran for real: nothing; every step ran on the meta device."]
+    ran = [
+        f"{step.function.rpartition(':')[2]} ({step.calls} call{'s' if step.calls > 1 else ''}: "
+        f"{', '.join(_shape([shape]) for shape in step.input_shapes)} -> "
+        f"{', '.join(_shape([shape]) for shape in step.output_shapes)}; {size_bytes(step.tensor_bytes)} of tensors)"
+        for step in steps.ran_for_real
+    ]
+    peak = steps.peak_rss_increase_bytes
+    memory = f"peak memory (RSS) +{size_bytes(peak)}" if peak is not None else "peak memory not measured (Linux only)"
+    which = "it" if len(ran) == 1 else "them"
+    return [
+        *lines,
+        f"Ran for real on the CPU, on zeros of the shapes that reached {which}: {', '.join(ran)}; {memory}.",
+    ]
+
+
+def _measured_lines(summary: ModelSummary) -> list[str]:
+    """The source's own published figures where they count other work than this count, and how to reproduce them."""
+    lines = []
+    for measured in summary.measured:
+        at = "x".join(str(d) for d in measured.input_size)
+        arguments = ", ".join(f"{name}={value}" for name, value in measured.arguments)
+        lines.append(
+            f"{summary.source}'s {measured.figure} ({measured.weights}) are rl's count at {at}"
+            f"{' with ' + arguments if arguments else ''}: {measured.note}."
+        )
+    return lines
 
 
 def _table_marks(summary: ModelSummary) -> list[str]:

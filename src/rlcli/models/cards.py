@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from rlcli.core.images import Preprocess
 from rlcli.models.catalog import FigureCheck, check_figure
 
-INPUT_KINDS = ("image", "tokens", "tensor")
+INPUT_KINDS = ("image", "video", "tokens", "tensor")
 
 # Convolutional families run faster on channels-last tensors (oneDNN and cuDNN prefer NHWC for convolutions).
 CONVOLUTIONAL_FAMILIES = frozenset({
@@ -60,6 +60,24 @@ class Published:
     note: str = ""
 
 
+@dataclass(frozen=True)
+class Measured:
+    """How a model's source measured a figure it publishes, where that is other work than rl's default count.
+
+    torchvision's ``_ops`` come from its test/common_extended_utils.py: every video model on a 16-frame clip, every
+    detector with its trained weights on one random-noise image, so that the proposals and detections it counts are
+    those the weights kept there (rl counts at the model's caps). ``figure`` is the published one, as published;
+    rl built with ``arguments`` (builder keywords) and fed ``input_size`` counts the same work; ``note`` says why
+    rl's default count differs.
+    """
+
+    weights: str  # the weights entry: "MaskRCNN_ResNet50_FPN_Weights.COCO_V1"
+    figure: str  # "134.38 GFLOPS"
+    input_size: tuple[int, ...]
+    note: str
+    arguments: tuple[tuple[str, int], ...] = ()
+
+
 @functools.cache
 def imagenet_classes() -> tuple[str, ...]:
     """The 1000 ImageNet-1k class names in index order, as torchvision's weights metadata ships them (offline)."""
@@ -72,21 +90,23 @@ def imagenet_classes() -> tuple[str, ...]:
 class ModelCard:
     """The facts about one registered model.
 
-    ``default_input`` is one sample's shape without the batch: (C, H, W) for images, (T,) for token sequences,
-    anything for a user's tensor model. ``preprocess`` is the evaluation transform of the model's default weights
-    (None where the model takes no images). ``classes`` are the names of the default weights' outputs, when known.
+    ``default_input`` is one sample's shape without the batch: (C, H, W) for images, (C, T, H, W) for video clips,
+    (T,) for token sequences, anything for a user's tensor model. ``preprocess`` is the evaluation transform of the
+    model's default weights (None where the model takes no images, or its weights' transform is not a classifier's).
+    ``classes`` are the names of the default weights' outputs, when known.
     """
 
     name: str
     family: str
     source: str  # "torchvision", "rlcli", "huggingface" (a config.json folder or cached Hub name) or "user"
-    task: str  # "image-classification", "multi-label", "language-model" or "unknown"
+    task: str  # "image-classification", "detection", "segmentation", "video", "optical-flow", "language-model" ...
     default_input: tuple[int, ...]
     input_kind: str = "image"
     preprocess: Preprocess | None = None
     classes: tuple[str, ...] | None = None
     paper: Paper | None = None
     published: Published | None = None
+    measured: tuple[Measured, ...] = ()  # where the source's own published figures count other work (see Measured)
 
     @property
     def input_dtype(self) -> str:

@@ -9,11 +9,13 @@ never make rl import or call code.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import math
 import pkgutil
-from collections.abc import Callable, Mapping
+import re
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
@@ -21,10 +23,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from rlcli.core.feeds import Feed, InputSpec
+from rlcli.core.feeds import Feed, InputSpec, TensorSpec
 from rlcli.core.images import Preprocess
+from rlcli.core.meta import ValueSteps
 from rlcli.errors import CheckpointError, ModelNotFoundError
-from rlcli.models.cards import ModelCard, Paper, Published
+from rlcli.models.cards import Measured, ModelCard, Paper, Published
 from rlcli.models.catalog import suggest
 
 # Packages holding rlcli's own architectures, one file per paper; every module in them is imported on first use of
@@ -57,6 +60,8 @@ class ModelSpec:
     )
     # The input for a size, when the model takes more than one tensor of the card's dtype (see core/feeds.py).
     inputs: Callable[[tuple[int, ...]], InputSpec] | None = field(default=None, repr=False, compare=False)
+    # The steps of its forward pass that depend on values, for a pass on the meta device (see core/meta.py).
+    value_steps: ValueSteps | None = field(default=None, repr=False, compare=False)
 
     def build(self, input_size: tuple[int, ...] | None = None, **kwargs: Any) -> nn.Module:
         """Build the model for ``input_size`` (default: the model's own); unset (None) options are dropped."""
@@ -216,9 +221,9 @@ def get_spec(name: str, *, user_code: bool = False) -> ModelSpec:
     Pass ``user_code=True`` only for a name the user typed on the command line: importing a reference runs its
     code. Names read from files are looked up in the registry and nowhere else.
     """
-    specs = {**_torchvision_specs(), **_own_specs()}
-    if name in specs:
-        return specs[name]
+    for specs in (_torchvision_specs(), _own_specs()):
+        if name in specs:
+            return specs[name]
     if ":" in name and user_code:
         from rlcli.models.user import user_model_spec
 
@@ -233,7 +238,7 @@ def get_spec(name: str, *, user_code: bool = False) -> ModelSpec:
 
         if (folder_spec := spec_from_hf(name)) is not None:
             return folder_spec
-    close = suggest(name, list(specs))
+    close = suggest(name, model_names())
     hint = f"; did you mean {', '.join(close)}?" if close else "; `rl models` lists them"
     raise ModelNotFoundError(f"unknown model '{name}'{hint}")
 
@@ -246,36 +251,274 @@ def _own_specs() -> dict[str, ModelSpec]:
     return dict(_OWN_MODELS)
 
 
+# torchvision's packages of models, with the task each serves. Its quantized models (torchvision.models.quantization)
+# are left out: as their weights ship they are int8 modules whose packed weights are not parameters and run on
+# FBGEMM/QNNPACK kernels with no meta-device form (torchvision copies their num_params and _ops from the float
+# models: its counter cannot count them either); built without weights they are those float models, already here.
+_TORCHVISION_TASKS = {
+    "": "image-classification",
+    "detection": "detection",
+    "segmentation": "segmentation",
+    "video": "video",
+    "optical_flow": "optical-flow",
+}
+
+
+class _LazySpecs(Mapping[str, ModelSpec]):
+    """Specs made when first looked up: a detector's default input is read off the model built on the meta device,
+    milliseconds each but a second for all of them, which listing names or summarising another model never needs."""
+
+    def __init__(self, makers: dict[str, Callable[[], ModelSpec]]) -> None:
+        self._makers, self._made = makers, {}
+
+    def __getitem__(self, name: str) -> ModelSpec:
+        if name not in self._made:
+            self._made[name] = self._makers[name]()
+        return self._made[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._makers)
+
+    def __len__(self) -> int:
+        return len(self._makers)
+
+
 @cache
-def _torchvision_specs() -> dict[str, ModelSpec]:
+def _torchvision_specs() -> Mapping[str, ModelSpec]:
     import torchvision.models as tvm
 
-    specs = {}
-    for name in tvm.list_models(module=tvm):
-        weights = tvm.get_model_weights(name).DEFAULT
-        preprocess = Preprocess.from_torchvision(weights)
-        categories = weights.meta.get("categories")
-        card = ModelCard(
-            name=name,
-            family=torchvision_family(name, tvm.get_model_builder(name).__module__),
-            source="torchvision",
-            task="image-classification",
-            default_input=(3, preprocess.crop, preprocess.crop),
-            preprocess=preprocess,
-            classes=tuple(categories) if categories else None,
-        )
-        specs[name] = ModelSpec(card=card, builder=_torchvision_builder(name, weights))
-    return specs
+    makers = {}
+    for package, task in _TORCHVISION_TASKS.items():
+        for name in tvm.list_models(module=getattr(tvm, package) if package else tvm):
+            makers[name] = functools.partial(_torchvision_spec, name, task)
+    return _LazySpecs(makers)
+
+
+def _torchvision_spec(name: str, task: str) -> ModelSpec:
+    import torchvision.models as tvm
+
+    weights = tvm.get_model_weights(name).DEFAULT
+    builder = _torchvision_builder(name, weights)
+    default_input = _torchvision_input(task, weights, builder)
+    categories = weights.meta.get("categories")
+    card = ModelCard(
+        name=name,
+        family=torchvision_family(name, tvm.get_model_builder(name).__module__),
+        source="torchvision",
+        task=task,
+        default_input=default_input,
+        input_kind="video" if task == "video" else "image",
+        preprocess=Preprocess.from_torchvision(weights) if task == "image-classification" else None,
+        classes=tuple(categories) if categories else None,
+        measured=_torchvision_measured(name, task, default_input),
+    )
+    return ModelSpec(
+        card=card,
+        builder=builder,
+        inputs=_TORCHVISION_INPUTS.get(task),
+        value_steps=_DETECTION_STEPS if task == "detection" else None,
+    )
 
 
 def _torchvision_builder(name: str, weights: Any) -> Builder:
-    def build(input_size: tuple[int, ...], **kwargs: Any) -> nn.Module:
+    def build(input_size: tuple[int, ...] | None, **kwargs: Any) -> nn.Module:
         import torchvision.models as tvm
 
         options = {**stock_torchvision_kwargs(name, weights, input_size), **kwargs}
-        return tvm.get_model(name, **options)
+        model = tvm.get_model(name, weights=None, **options)
+        if name in _FROZEN_BATCH_NORM_WHEN_TRAINED:
+            _freeze_batch_norm(model)
+        return model
 
     return build
+
+
+# --- what each task is fed --------------------------------------------------------------------------------------
+
+# torchvision's test/common_extended_utils.py counts every video model's _ops on a 16-frame clip.
+_TORCHVISION_CLIP = 16
+# RAFT's weights document no image size (min_size 128x128; sides must be multiples of 8): rl feeds the 512x512
+# pair torchvision measures _ops at.
+_FLOW_INPUT = (3, 512, 512)
+
+
+def _torchvision_input(task: str, weights: Any, builder: Builder) -> tuple[int, ...]:
+    """One sample of the input the default weights document: the classification crop, the segmentation resize,
+    the video crop over the documented evaluation clip, the image size a detector's own transform works at."""
+    keywords = getattr(weights.transforms, "keywords", {})
+    if task == "image-classification":
+        return (3, int(keywords["crop_size"]), int(keywords["crop_size"]))
+    if task == "segmentation":
+        return (3, int(keywords["resize_size"]), int(keywords["resize_size"]))
+    if task == "video":
+        return (3, _clip_length(weights), *(int(side) for side in keywords["crop_size"]))
+    if task == "optical-flow":
+        return _FLOW_INPUT
+    return _detector_input(builder)
+
+
+def _clip_length(weights: Any) -> int:
+    """Frames per clip of the weights' evaluation, as their documentation states it ("clip_len=16"), else the 16
+    frames torchvision counts at."""
+    match = re.search(r"clip_len=(\d+)", weights.meta.get("_docs", ""))
+    return int(match.group(1)) if match else _TORCHVISION_CLIP
+
+
+def _detector_input(builder: Builder) -> tuple[int, ...]:
+    """The image a detector's transform leaves as it is: SSD's fixed size, else a square of the R-CNN transform's
+    min_size (it resizes every image so that its short side is min_size, its long side at most max_size)."""
+    from rlcli.core.meta import build_on_meta
+
+    transform = build_on_meta(lambda: builder(None)).transform
+    side = transform.fixed_size or (transform.min_size[-1], transform.min_size[-1])
+    return (3, *side)
+
+
+def _images_listed(size: tuple[int, ...]) -> InputSpec:
+    """torchvision's detectors take a list of [3, H, W] images (any sizes); one per sample."""
+    return InputSpec((TensorSpec(tuple(size), listed=True),))
+
+
+def _image_pair(size: tuple[int, ...]) -> InputSpec:
+    """RAFT takes the two frames it computes the flow between as two positional [N, 3, H, W] batches."""
+    return InputSpec((TensorSpec(tuple(size)), TensorSpec(tuple(size))))
+
+
+_TORCHVISION_INPUTS: dict[str, Callable[[tuple[int, ...]], InputSpec]] = {
+    "detection": _images_listed,
+    "optical-flow": _image_pair,
+}
+
+
+# --- detection: the steps that depend on values ---------------------------------------------------------------
+
+
+def _keep_every_box(boxes: torch.Tensor, scores: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    """torchvision's NMS (``nms``, ``batched_nms``) suppressing nothing: every box's index, by decreasing score."""
+    return torch.argsort(scores, descending=True)
+
+
+def _detection_caps(model: nn.Module) -> list[str]:
+    """What bounds a detector's work after its selections, in its builder's words."""
+    from torchvision.models.detection.ssd import SSD
+
+    rpn, heads = getattr(model, "rpn", None), getattr(model, "roi_heads", None)
+    if rpn is not None and heads is not None:
+        return [
+            f"{rpn.post_nms_top_n():,} proposals per image (rpn_post_nms_top_n_test)",
+            f"{heads.detections_per_img:,} detections per image (box_detections_per_img)",
+        ]
+    per = "class" if isinstance(model, SSD) else "level"
+    return [
+        f"{model.topk_candidates:,} candidates per {per} (topk_candidates)",
+        f"{model.detections_per_img:,} detections per image (detections_per_img)",
+    ]
+
+
+# NMS and score thresholds keep every candidate, so the proposals and detections counted are the caps the model
+# sets, the same on every run; pasting masks into the image and reading keypoints off heatmaps read box corners for
+# work rl does not count (interpolation), and run on real tensors.
+_DETECTION_STEPS = ValueSteps(
+    selections={"torchvision.ops.boxes:nms": _keep_every_box, "torchvision.ops.boxes:batched_nms": _keep_every_box},
+    on_cpu=(
+        "torchvision.models.detection.transform:paste_masks_in_image",
+        "torchvision.models.detection.roi_heads:keypointrcnn_inference",
+    ),
+    caps=_detection_caps,
+)
+
+# torchvision's detection builders that give the backbone FrozenBatchNorm2d when they load weights
+# (`norm_layer = misc_nn_ops.FrozenBatchNorm2d if is_trained else nn.BatchNorm2d`). Without weights they would
+# build BatchNorm2d, whose scale and shift are parameters; FrozenBatchNorm2d holds them as buffers, so the shipped
+# weights (and torchvision's num_params) have none. Their v2 builders and SSDlite keep BatchNorm2d.
+_FROZEN_BATCH_NORM_WHEN_TRAINED = frozenset({
+    "fasterrcnn_resnet50_fpn",
+    "fasterrcnn_mobilenet_v3_large_fpn",
+    "fasterrcnn_mobilenet_v3_large_320_fpn",
+    "maskrcnn_resnet50_fpn",
+    "keypointrcnn_resnet50_fpn",
+    "retinanet_resnet50_fpn",
+    "fcos_resnet50_fpn",
+})  # fmt: skip
+
+
+def _freeze_batch_norm(model: nn.Module) -> None:
+    """Replace every BatchNorm2d with the FrozenBatchNorm2d torchvision builds for trained weights (same eps)."""
+    from torchvision.ops import FrozenBatchNorm2d
+
+    for module in list(model.modules()):
+        for child_name, child in module.named_children():
+            if type(child) is nn.BatchNorm2d:
+                setattr(module, child_name, FrozenBatchNorm2d(child.num_features, eps=child.eps))
+
+
+# --- torchvision's own figures, where they count other work than rl's default ------------------------------------
+
+_NO_PROPOSALS = (
+    "torchvision's test/common_extended_utils.py ran the trained weights on one random-noise image, where no "
+    "proposal passed rpn_score_thresh 0.05, so its box head never ran; rl counts the box head at the cap of proposals "
+    "per image"
+)
+
+
+def _kept(what: str, head: str) -> str:
+    return (
+        f"torchvision's test/common_extended_utils.py ran the trained weights on one random-noise image, where they "
+        f"kept {what}; rl counts the {head} head at the cap of detections per image"
+    )
+
+
+# How torchvision's detectors were measured, found by reproducing each published figure exactly: the image fed
+# (test_extended_models.py feeds keypointrcnn 1333x1333, which its transform resizes to 800x800) and the builder
+# arguments under which rl counts the proposals and detections the trained weights kept.
+_TORCHVISION_DETECTOR_RUNS: dict[str, tuple[tuple[int, ...], tuple[tuple[str, int], ...], str]] = {
+    "FasterRCNN_MobileNet_V3_Large_320_FPN_Weights.COCO_V1": (
+        (3, 320, 320),
+        (("rpn_post_nms_top_n_test", 0),),
+        _NO_PROPOSALS,
+    ),
+    "FasterRCNN_MobileNet_V3_Large_FPN_Weights.COCO_V1": (
+        (3, 800, 800),
+        (("rpn_post_nms_top_n_test", 0),),
+        _NO_PROPOSALS,
+    ),
+    "MaskRCNN_ResNet50_FPN_Weights.COCO_V1": (
+        (3, 800, 800),
+        (("box_detections_per_img", 0),),
+        _kept("no detection, so its mask head never ran", "mask"),
+    ),
+    "KeypointRCNN_ResNet50_FPN_Weights.COCO_LEGACY": (
+        (3, 1333, 1333),
+        (("box_detections_per_img", 0),),
+        _kept("no detection, so its keypoint head never ran", "keypoint"),
+    ),
+    "KeypointRCNN_ResNet50_FPN_Weights.COCO_V1": (
+        (3, 1333, 1333),
+        (("box_detections_per_img", 1),),
+        _kept("one detection, so its keypoint head ran once", "keypoint"),
+    ),
+}
+
+
+def _torchvision_measured(name: str, task: str, default_input: tuple[int, ...]) -> tuple[Measured, ...]:
+    """torchvision's published _ops of each weights entry, where they count other work than rl's default count."""
+    import torchvision.models as tvm
+
+    measured = []
+    for weights in tvm.get_model_weights(name):
+        key, figure = f"{type(weights).__name__}.{weights.name}", f"{weights.meta['_ops']} GFLOPS"
+        if key in _TORCHVISION_DETECTOR_RUNS:
+            size, arguments, note = _TORCHVISION_DETECTOR_RUNS[key]
+            measured.append(Measured(key, figure, size, note, arguments))
+        elif task == "video" and default_input[1] != _TORCHVISION_CLIP:
+            size = (3, _TORCHVISION_CLIP, *default_input[2:])
+            note = (
+                f"torchvision's test/common_extended_utils.py counts every video model on a {_TORCHVISION_CLIP}-frame "
+                f"clip; these weights are evaluated on {default_input[1]}-frame clips (their documentation), rl's "
+                f"default input"
+            )
+            measured.append(Measured(key, figure, size, note))
+    return tuple(measured)
 
 
 @cache
@@ -292,17 +535,28 @@ def _torchvision_arguments(name: str) -> dict[str, Any]:
     return _keyword_defaults(type(model).__init__)
 
 
-def stock_torchvision_kwargs(name: str, weights: Any, input_size: tuple[int, ...]) -> dict[str, Any]:
+def stock_torchvision_kwargs(name: str, weights: Any, input_size: tuple[int, ...] | None) -> dict[str, Any]:
     """The constructor arguments torchvision's builder sets when it loads ``weights``.
 
     Building with these and no weights gives the architecture exactly as shipped (so params and MACs equal the
     weights' metadata): GoogLeNet drops its auxiliary heads, Inception and GoogLeNet normalise their input in the
-    model, and ViT's position embedding is sized for the image.
+    model, ViT's position embedding is sized for the image, FCN and DeepLabV3 keep their
+    auxiliary classifier, Keypoint R-CNN predicts the weights' keypoints. ``weights_backbone`` is None: its default
+    names ImageNet weights, which torchvision would download.
     """
+    import torchvision.models as tvm
+
+    parameters = inspect.signature(tvm.get_model_builder(name)).parameters
     kwargs: dict[str, Any] = {}
+    if "weights_backbone" in parameters:
+        kwargs["weights_backbone"] = None
     if weights.meta.get("categories"):
         kwargs["num_classes"] = len(weights.meta["categories"])
-    if name.startswith("vit_"):
+    if weights.meta.get("keypoint_names"):
+        kwargs["num_keypoints"] = len(weights.meta["keypoint_names"])
+    if "aux_loss" in parameters:
+        kwargs["aux_loss"] = True
+    if name.startswith("vit_") and input_size:
         kwargs["image_size"] = input_size[-1]
     if name in ("googlenet", "inception_v3"):
         kwargs.update(transform_input=True, init_weights=False)
@@ -320,10 +574,16 @@ _FAMILY_BY_MODULE = {
 }
 
 
+# Video models share module names with image classifiers (video/resnet.py, video/swin_transformer.py).
+_VIDEO_FAMILY_BY_MODULE = {"resnet": "video_resnet", "swin_transformer": "swin3d"}
+
+
 def torchvision_family(name: str, module: str) -> str:
     """A family name from the torchvision module that defines the model (resnet.py holds ResNeXt too)."""
     for prefix in ("resnext", "wide_resnet"):
         if name.startswith(prefix):
             return prefix
     stem = module.rsplit(".", 1)[-1]
+    if module.startswith("torchvision.models.video."):
+        return _VIDEO_FAMILY_BY_MODULE.get(stem, stem)
     return _FAMILY_BY_MODULE.get(stem, stem)

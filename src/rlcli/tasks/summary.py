@@ -60,6 +60,21 @@ class CpuFallback:
 
 
 @dataclass
+class ValueStepsRun:
+    """How a pass on the meta device ran the steps whose results depend on values (see ``core.meta.ValueSteps``).
+
+    Selections kept every candidate, so the work after them is at ``caps`` (the model's own limits, in words).
+    ``ran_for_real`` are the steps that ran on real CPU tensors (zero-filled, of the shapes that reached them; a
+    ``core.meta.RealStep`` each); ``peak_rss_increase_bytes`` is the rise of the process's peak resident memory
+    during the pass (None where it cannot be measured: Linux only).
+    """
+
+    caps: list[str]
+    ran_for_real: list[Any]
+    peak_rss_increase_bytes: int | None
+
+
+@dataclass
 class ModelSummary:
     model: str
     family: str
@@ -87,7 +102,9 @@ class ModelSummary:
     tokens: int | None = None  # for language models: tokens per sequence in the example input
     macs_per_token: int | None = None
     cpu_fallback: CpuFallback | None = None  # set when the forward pass needed real values
+    value_steps: ValueStepsRun | None = None  # set for a model whose steps that depend on values ran as it declares
     paper: Any = None  # a models.cards.PaperComparison when the model has a paper card
+    measured: list[Any] = field(default_factory=list)  # the card's models.cards.Measured: its source's own figures
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -160,7 +177,7 @@ def summarize_spec(
     if counter == "fvcore":
         return _summarize_with_fvcore(spec, size, feeds, batch_size, depth, where)
 
-    from rlcli.core.flops import CONVENTION, NeedsRealValues, profile_forward
+    from rlcli.core.flops import CONVENTION, NeedsRealValues
     from rlcli.core.meta import MetaBuildError, build_on_meta
 
     try:
@@ -170,13 +187,31 @@ def summarize_spec(
             spec, size, feeds, batch_size, depth, where, f"building it on the meta device failed ({exc.reason})"
         )
     try:
-        profile = _run(lambda: profile_forward(net, feeds.feed(batch_size)), where, NeedsRealValues)
+        profile, steps = _profile_on_meta(spec, net, feeds.feed(batch_size), where)
     except NeedsRealValues as exc:
         return _summarize_on_cpu(spec, size, feeds, batch_size, depth, where, exc.reason, meta_net=net)
     macs_by_module = {record.name: record.macs for record in profile.modules}
-    return _assemble(
+    summary = _assemble(
         spec, net, size, feeds, batch_size, depth, profile, macs_by_module, "rlcli", CONVENTION, "meta", []
     )
+    summary.value_steps = steps
+    return summary
+
+
+def _profile_on_meta(spec, net, feed, where: str):
+    """The meta-device pass; a model that declares its steps that depend on values has them run as it says (its
+    selections at their caps, value-reading steps on real tensors), measuring the peak memory that took."""
+    from rlcli.core.flops import NeedsRealValues, profile_forward
+
+    if spec.value_steps is None:
+        return _run(lambda: profile_forward(net, feed), where, NeedsRealValues), None
+    from rlcli.core.meta import value_steps_on_meta
+    from rlcli.core.resources import peak_rss_increase
+
+    with peak_rss_increase() as peak, value_steps_on_meta(spec.value_steps) as ran:
+        profile = _run(lambda: profile_forward(net, feed), where, NeedsRealValues)
+    caps = spec.value_steps.caps(net) if spec.value_steps.caps else []
+    return profile, ValueStepsRun(caps, [step for step in ran if step.calls], peak.increase)
 
 
 def _summarize_on_cpu(spec, size, feeds, batch_size, depth, where, reason, meta_net=None) -> ModelSummary:
@@ -336,6 +371,7 @@ def _assemble(
         layers=layers,
         uncounted_ops=list(uncounted),
         cpu_fallback=fallback,
+        measured=list(spec.card.measured),
     )
 
 
