@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import sys
+import types
 
 import pytest
 import torch
@@ -98,9 +99,17 @@ def test_every_torchvision_model_of_every_task_is_registered(task, module):
     assert all(get_spec(name).card.source == "torchvision" for name in names)
 
 
-def test_quantized_models_are_left_out():
-    quantized = tvm.list_models(module=tvm.quantization)
-    assert quantized and not set(quantized) & set(model_names())
+def test_every_package_of_torchvision_models_is_registered_but_the_quantized_one():
+    packages = {
+        module.__name__
+        for module in vars(tvm).values()
+        if isinstance(module, types.ModuleType) and tvm.list_models(module=module)
+    }
+    assert packages == {module.__name__ for module in (*TASKS.values(), tvm.quantization)}
+    registered = set(model_names())
+    for module in (tvm, *TASKS.values()):
+        assert set(tvm.list_models(module=module)) <= registered, module.__name__
+    assert not set(tvm.list_models(module=tvm.quantization)) & registered
 
 
 @pytest.mark.parametrize(("task", "name", "weights"), CASES, ids=IDS)
