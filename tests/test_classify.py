@@ -409,3 +409,9 @@ def test_models_that_are_not_image_classifiers_are_refused(rl, tmp_path, test_im
         weights = save_checkpoint(tmp_path / f"{name}.safetensors", state).path
         result = rl("classify", str(test_images[0][0]), "-m", name, "-w", str(weights))
         assert result.code == 2 and result.stderr.startswith(f"error: {name} is a {task} model; rl classify runs")
+
+
+def test_a_torchvision_detector_is_refused_before_its_weights_are_read(rl, test_images, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # no cached weights: reading them would be a different error
+    result = rl("classify", str(test_images[0][0]), "-m", "ssd300_vgg16")
+    assert result.code == 2 and result.stderr.startswith("error: ssd300_vgg16 is a detection model")

@@ -129,3 +129,9 @@ def test_mobilenet_v1_is_a_family_scaled_by_its_width_multiplier():
     assert entry.top1 is None  # published accuracy is torchvision's, for its own weights only
     [wider] = compare(budget="1G", families=["mobilenet_v1"]).entries
     assert abs(wider.macs - 1e9) / 1e9 <= 0.02 and wider.name.startswith("mobilenet-v1-w1.")
+
+
+def test_only_image_classifiers_are_timed(rl):
+    for name, task in (("gpt2", "language-model"), ("ssd300_vgg16", "detection")):
+        result = rl("compare", name, "--no-time")
+        assert result.code == 2 and f"{name} is a {task} model; rl compare times image classifiers" in result.stderr

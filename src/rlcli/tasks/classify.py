@@ -85,12 +85,12 @@ def load_classifier(
     elif model is None:
         raise UsageError(f"--weights {weights} names torchvision weights: give --model too")
     else:
-        loaded = load_torchvision_weights(get_spec(model, user_code=True), weights)
+        spec = get_spec(model, user_code=True)
+        _check_task(spec.card)  # before reading any file: a detector's weights carry no classification transform
+        loaded = load_torchvision_weights(spec, weights)
         preprocess = overrides.apply(loaded.preprocess)
     card = loaded.spec.card
-    if card.task not in ("image-classification", "unknown"):
-        hint = " (rl multilabel runs CSRA heads)" if card.task == "multi-label" else ""
-        raise UsageError(f"{card.name} is a {card.task} model; rl classify runs image classifiers{hint}")
+    _check_task(card)
     if preprocess is None:
         raise UsageError(f"{card.name} does not take images ({card.input_kind} input): rl classify runs image models")
     outputs = loaded.outputs or output_count(loaded.model)
@@ -106,6 +106,12 @@ def load_classifier(
         channels_last=card.channels_last,
     )
     return Classifier(runner=runner, class_names=names, weights=loaded.weights, info=loaded.info)
+
+
+def _check_task(card) -> None:
+    if card.task not in ("image-classification", "unknown"):
+        hint = " (rl multilabel runs CSRA heads)" if card.task == "multi-label" else ""
+        raise UsageError(f"{card.name} is a {card.task} model; rl classify runs image classifiers{hint}")
 
 
 def read_class_names(path: Path) -> list[str]:

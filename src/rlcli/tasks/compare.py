@@ -235,8 +235,8 @@ def named_entries(names: list[str], input_size: str | None) -> list[tuple]:
     rows = []
     for name in names:
         spec = get_spec(name, user_code=True)  # typed on the command line
-        if spec.card.input_kind != "image":
-            raise UsageError(f"{name} is not an image model; rl compare times image models")
+        if spec.card.task not in ("image-classification", "unknown"):
+            raise UsageError(f"{name} is a {spec.card.task} model; rl compare times image classifiers")
         summary = summarize(name, input_size=input_size, depth=0)
         stock = name if spec.card.source == "torchvision" and input_size is None else None
         entry = _entry_from_summary(summary, name=name, family=spec.card.family, knob="stock", stock=stock)
