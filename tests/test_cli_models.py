@@ -22,7 +22,7 @@ def test_models_lists_torchvision_models_with_counts(rl):
 
 
 def test_models_substring_and_json(rl):
-    result = rl("models", "mobilenet", "--json")
+    result = rl("models", "mobilenet", "--task", "image-classification", "--json")
     document = json.loads(result.stdout)
     names = [m["name"] for m in document["models"]]
     assert names == [
@@ -30,6 +30,8 @@ def test_models_substring_and_json(rl):
         "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small",
     ]  # fmt: skip
     assert "FLOPs = 2 x MACs" in document["convention"]
+    everything = [m["name"] for m in json.loads(rl("models", "mobilenet", "--json").stdout)["models"]]
+    assert {"ssdlite320_mobilenet_v3_large", "lraspp_mobilenet_v3_large"} <= set(everything)  # a substring
 
 
 def test_models_no_match_is_an_error(rl):
