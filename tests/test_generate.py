@@ -451,7 +451,7 @@ def test_cli_non_utf8_stdin(rl, tiny_dir, monkeypatch):
         ["--repetition-penalty", "nan"],
         ["--repetition-penalty", "inf"],
         ["--repetition-penalty", "-inf"],
-        ["--dtype", "int8"],
+        ["--dtype", "float16"],
     ],
 )
 def test_cli_bad_sampling_values_are_usage_errors(rl, tiny_dir, args):

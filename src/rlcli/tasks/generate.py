@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from rlcli.core.checkpoints import load_checkpoint, load_into
-from rlcli.core.devices import resolve_device, resolve_dtype
+from rlcli.core.devices import QUANTIZED, compute_dtype, fastest_dtype, resolve_device
 from rlcli.core.hub import HUB_ALIASES, find_hf_snapshot, hf_hub_cache
 from rlcli.core.meta import build_on_meta
 from rlcli.core.resources import check_fits_in_memory
@@ -33,7 +33,9 @@ from rlcli.models.language.gpt2 import (
     GPT2,
     GPT2Config,
     KVCache,
+    cache_dtype,
     from_hf_state_dict,
+    quantize_int8,
 )
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -52,9 +54,11 @@ class LanguageModel:
     model: GPT2
     tokenizer: Any
     eos_id: int | None
-    dtype: torch.dtype
+    dtype: torch.dtype  # of the activations (and of the weights, unless weights is int8)
     device: torch.device
     load_seconds: float
+    weights: str = "float32"  # the weight format: float32, bfloat16 or int8 (weight-only, per-channel scales)
+    auto_reason: str | None = None  # why --dtype auto chose the format, when it did
 
     @property
     def config(self) -> GPT2Config:
@@ -117,13 +121,20 @@ def known_model_names() -> list[str]:
 def load_language_model(name: str, *, dtype: str = "float32", device: str = "auto") -> LanguageModel:
     """Load a GPT-2 checkpoint in the Hugging Face layout, offline.
 
+    ``dtype`` is float32, bfloat16, int8 (weight-only int8 of the blocks' linear layers and the LM head, quantised
+    here from the float checkpoint; activations in bfloat16) or auto (the fastest of these on the device,
+    ``core.devices.fastest_dtype``).
+
     Example:
         >>> lm = load_language_model("gpt2")          # from ~/.cache/huggingface/hub
-        >>> lm = load_language_model("./my-gpt2", dtype="bfloat16")
+        >>> lm = load_language_model("./my-gpt2", dtype="int8")
     """
-    torch_dtype = resolve_dtype(dtype)
     started = time.perf_counter()
     target = resolve_device(device)
+    reason = None
+    if dtype == "auto":
+        dtype, reason = fastest_dtype(target)
+    torch_dtype = compute_dtype(dtype)
     folder = resolve_model_folder(name)
     config = read_gpt2_config(folder)
     tokenizer = load_tokenizer(folder)
@@ -132,7 +143,7 @@ def load_language_model(name: str, *, dtype: str = "float32", device: str = "aut
             f"{folder}: the tokenizer has {tokenizer.get_vocab_size()} tokens but the model's vocabulary has "
             f"{config.vocab_size}: they do not belong together"
         )
-    model = load_gpt2_weights(folder, config, torch_dtype).to(device=target).eval()
+    model = load_gpt2_weights(folder, config, torch_dtype, int8=dtype in QUANTIZED).to(device=target).eval()
     eos = tokenizer.token_to_id(END_OF_TEXT)
     return LanguageModel(
         name=name,
@@ -143,6 +154,8 @@ def load_language_model(name: str, *, dtype: str = "float32", device: str = "aut
         dtype=torch_dtype,
         device=target,
         load_seconds=time.perf_counter() - started,
+        weights=dtype,
+        auto_reason=reason,
     )
 
 
@@ -161,13 +174,32 @@ def read_gpt2_config(folder: Path) -> GPT2Config:
         raise CheckpointError(f"{path}: not a GPT-2 config ({type(exc).__name__}: {exc})") from exc
 
 
-def load_gpt2_weights(folder: Path, config: GPT2Config, dtype: torch.dtype = torch.float32) -> GPT2:
+def load_gpt2_weights(
+    folder: Path, config: GPT2Config, dtype: torch.dtype = torch.float32, *, int8: bool = False
+) -> GPT2:
+    """The model of ``folder`` computing in ``dtype``; with ``int8``, its linear layers quantised from the float
+    checkpoint read in float32 (``quantize_int8``)."""
     weights = next((folder / f for f in WEIGHT_FILES if (folder / f).is_file()), None)
     if weights is None:
         raise CheckpointError(f"{folder}: no weights (looked for {', '.join(WEIGHT_FILES)})")
     tied = config.tie_word_embeddings
-    state = from_hf_state_dict(load_checkpoint(weights, dtype=dtype).state_dict, tied=tied)
-    head = "transformer.wte.weight" if tied else "lm_head.weight"
+    state = from_hf_state_dict(load_checkpoint(weights, dtype=torch.float32 if int8 else dtype).state_dict, tied=tied)
+    if not int8:
+        arrange_for_blas(state, "transformer.wte.weight" if tied else "lm_head.weight", dtype)
+    model = build_on_meta(lambda: GPT2(config))  # no initialisation work: every tensor comes from the file
+    if tied:
+        state["lm_head.weight"] = state.get("transformer.wte.weight", torch.empty(0))
+    load_into(model, state, source=str(weights), assign=True)
+    if tied:
+        model.lm_head.weight = model.transformer.wte.weight  # assign=True made two Parameters; tie them again
+    if int8:
+        del state  # the float tensors go as their layers are replaced
+        quantize_int8(model, dtype)
+    return model
+
+
+def arrange_for_blas(state: dict[str, torch.Tensor], head: str, dtype: torch.dtype) -> None:
+    """Lay the float weights out in memory as the one-row matmuls of decoding stream them fastest."""
     if head in state and state[head].dim() == 2:
         # Store the LM head (the tied embedding) as [n_embd, vocab] in memory, seen through a transposed view: the
         # head's one-row matmul then runs on the layout BLAS streams fastest (8 ms instead of 13 ms per token for
@@ -179,13 +211,6 @@ def load_gpt2_weights(folder: Path, config: GPT2Config, dtype: torch.dtype = tor
         for name, tensor in state.items():
             if name.endswith(CONV1D_WEIGHTS):
                 state[name] = tensor.contiguous()
-    model = build_on_meta(lambda: GPT2(config))  # no initialisation work: every tensor comes from the file
-    if tied:
-        state["lm_head.weight"] = state.get("transformer.wte.weight", torch.empty(0))
-    load_into(model, state, source=str(weights), assign=True)
-    if tied:
-        model.lm_head.weight = model.transformer.wte.weight  # assign=True made two Parameters; tie them again
-    return model
 
 
 # --- sampling ------------------------------------------------------------------------------------------------
@@ -280,8 +305,8 @@ def _outside_nucleus(ordered: torch.Tensor, top_p: float) -> torch.Tensor:
 
 
 def generation_bytes(config: GPT2Config, batch: int, dtype: torch.dtype) -> int:
-    """What a batch of samples allocates at least: keys and values of every layer for the whole context, and one
-    row of float32 logits per sample."""
+    """What a batch of samples allocates at least: keys and values (in ``dtype``) of every layer for the whole
+    context, and one row of float32 logits per sample."""
     cache = 2 * config.n_layer * batch * config.n_positions * config.n_embd * dtype.itemsize
     return cache + batch * config.vocab_size * 4
 
@@ -290,7 +315,7 @@ def check_generation_fits(lm: LanguageModel, options: SamplingOptions) -> None:
     """A usage error, before anything is allocated, when --num-samples asks for more memory than there is."""
     if lm.device.type != "cpu":
         return  # the check reads the host's memory; an accelerator's is its own
-    needed = generation_bytes(lm.config, options.num_samples, lm.dtype)
+    needed = generation_bytes(lm.config, options.num_samples, cache_dtype(lm.dtype, lm.device))
     check_fits_in_memory(needed, f"--num-samples {options.num_samples} (the key/value cache and logits)")
 
 
@@ -401,7 +426,7 @@ class Generator:
         return GenerationResult(
             model=lm.name,
             prompt=prompt,
-            settings={k: v for k, v in asdict(options).items() if k != "seed"} | {"dtype": str(lm.dtype)[6:]},
+            settings={k: v for k, v in asdict(options).items() if k != "seed"} | {"dtype": lm.weights},
             seed=seed,
             samples=[s.as_sample() for s in streams],
             stats=GenerationStats(
@@ -425,7 +450,7 @@ class Generator:
         if options.repetition_penalty != 1.0:
             seen = torch.zeros(batch, config.vocab_size, dtype=torch.bool, device=device)
             seen[:, history[0]] = True
-        cache = KVCache(config, batch, config.n_positions, lm.dtype, device)
+        cache = KVCache(config, batch, config.n_positions, cache_dtype(lm.dtype, device), device)
         logits = self._next_logits(history, cache, last_only=True)
         first_token_at = None
         slid = False

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from rlcli.core.quantize import Int8Embedding, Int8Linear
 from rlcli.errors import CheckpointError
 from rlcli.models.cards import Paper
 from rlcli.models.registry import register_model
@@ -132,10 +133,22 @@ SIZES = {
 }
 
 
+def cache_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
+    """The dtype of the key/value cache, in which decoding's attention runs, for a model computing in ``dtype``.
+
+    float32 on the CPU whatever the model's dtype: torch's CPU attention for one new token is 5x slower in bfloat16
+    than in float32 (scaled_dot_product_attention, GPT-2 small's 12 heads over 160 positions: 115 vs 21 us per layer,
+    724 vs 93 us at 1,024 positions, 2 cores), and more exact. The price is twice the cache: 75 MB instead of 38 for
+    GPT-2 small's 1,024 positions. Elsewhere the model's own dtype.
+    """
+    return torch.float32 if device.type == "cpu" else dtype
+
+
 class KVCache:
     """Keys and values of every layer for up to ``length`` positions, allocated once."""
 
     def __init__(self, config: GPT2Config, batch: int, length: int, dtype: torch.dtype, device: torch.device):
+        self.dtype = dtype
         shape = (batch, config.n_head, length, config.n_embd // config.n_head)
         self.keys = [torch.empty(shape, dtype=dtype, device=device) for _ in range(config.n_layer)]
         self.values = [torch.empty(shape, dtype=dtype, device=device) for _ in range(config.n_layer)]
@@ -155,6 +168,8 @@ class CausalSelfAttention(nn.Module):
         batch, steps, channels = x.shape
         q, k, v = self.c_attn(x).split(channels, dim=2)
         q, k, v = (t.view(batch, steps, self.n_head, -1).transpose(1, 2) for t in (q, k, v))
+        if cache is not None and cache.dtype != q.dtype:
+            q, k, v = (t.to(cache.dtype) for t in (q, k, v))  # attention runs in the cache's dtype (cache_dtype)
         if cache is None or cache.filled == 0:
             if cache is not None:
                 cache.keys[layer][:, :, :steps] = k
@@ -168,7 +183,7 @@ class CausalSelfAttention(nn.Module):
             # New tokens see every cached position and the new ones up to themselves.
             mask = None if steps == 1 else torch.ones(steps, end, dtype=torch.bool, device=x.device).tril(start)
             y = self._attend(q, k, v, attn_mask=mask)
-        return self.c_proj(y.transpose(1, 2).reshape(batch, steps, channels))
+        return self.c_proj(y.transpose(1, 2).reshape(batch, steps, channels).to(x.dtype))
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **masking: Any) -> torch.Tensor:
         if self.upcast and q.dtype in (torch.float16, torch.bfloat16):
@@ -251,6 +266,29 @@ class GPT2(nn.Module):
             cache.filled = start + steps
         x = self.transformer.ln_f(x[:, -1:] if last_only else x)
         return self.lm_head(x)
+
+
+def quantize_int8(model: GPT2, dtype: torch.dtype = torch.bfloat16) -> GPT2:
+    """Weight-only int8, in place: the linear layers of every block and the LM head hold int8 weights with one scale
+    per output channel, computed from the float weights they replace (``rlcli.core.quantize``); embeddings, norms
+    and biases stay floating point, converted to ``dtype``, the dtype of the activations.
+
+    With a tied head the token embedding reads rows of the head's int8 table, dequantised on lookup: one int8 table
+    instead of an int8 head beside a float table (GPT-2 small: 38.6 MB instead of 38.6 + 77.2 MB in bfloat16).
+    """
+    for block in model.transformer.h:
+        for parent, name in (
+            (block.attn, "c_attn"),
+            (block.attn, "c_proj"),
+            (block.mlp, "c_fc"),
+            (block.mlp, "c_proj"),
+        ):
+            setattr(parent, name, Int8Linear.from_linear(getattr(parent, name), dtype))
+    head = Int8Linear.from_linear(model.lm_head, dtype)
+    model.lm_head = head
+    if model.config.tie_word_embeddings:
+        model.transformer.wte = Int8Embedding(head.weight, head.scales)
+    return model.to(dtype)  # the remaining float tensors; int8 ones keep their dtype
 
 
 CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
