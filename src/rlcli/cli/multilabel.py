@@ -102,6 +102,10 @@ def multilabel_command(
         str(weights), model=model, lam=lam, classes=classes, device=device.value, dtype=dtype.value
     )
     clf.runner.preprocess = overrides.apply(clf.runner.preprocess)
+    if settings.input_side and clf.runner.preprocess.crop != settings.input_side:
+        raise UsageError(
+            f"{settings.arch} takes {settings.input_side} x {settings.input_side} inputs: --resize cannot change that"
+        )
     if cam is not None:
         ensure_output_folder(cam)
     note(

@@ -1,10 +1,10 @@
 """`rl multilabel`: multi-label recognition with CSRA heads, attention maps, and mAP evaluation.
 
-Checkpoints: the authors' released files (torchvision ResNet keys without ``fc``, heads under
-``classifier.multi_head.{i}.head.weight``) or rlcli's self-describing ones. The number of heads, classes and the
-ResNet depth are read from the keys; lambda is not stored in the official files, so it comes from --lam, from an
-rlcli checkpoint, from a ``_lam0.1_`` part of the file name as the authors name their files, or from the
-dataset's official value.
+Checkpoints: the authors' released files (torchvision ResNet keys without ``fc``, or the official ViT-CSRA's keys;
+heads under ``classifier.multi_head.{i}.head.weight``) or rlcli's self-describing ones. The number of heads, classes,
+the ResNet depth or ViT variant and its input side are read from the keys; lambda is not stored in the official
+files, so it comes from --lam, from an rlcli checkpoint, from a ``_lam0.1_`` part of the file name as the authors
+name their files, or from the dataset's official value.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import csv
 import math
 import re
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,15 @@ from rlcli.core.images import ImageBatch
 from rlcli.core.inference import InferenceModel, RunOptions, forward_batches
 from rlcli.core.inputs import Input, Problem
 from rlcli.errors import CheckpointError, RlError, UsageError
-from rlcli.models.heads.csra import OFFICIAL_LAMBDA, TEMPERATURES, head_count, infer_resnet_depth
+from rlcli.models.heads.csra import (
+    OFFICIAL_LAMBDA,
+    TEMPERATURES,
+    WIDER_ATTRIBUTES,
+    head_count,
+    infer_resnet_depth,
+    infer_vit_variant,
+    official_preprocess,
+)
 from rlcli.tasks.classify import Classifier
 
 # --- class lists ---------------------------------------------------------------------------------------------
@@ -48,7 +56,7 @@ COCO = (
     "hair drier", "toothbrush",
 )  # fmt: skip
 
-CLASS_LISTS = {"voc2007": VOC2007, "coco": COCO}
+CLASS_LISTS = {"voc2007": VOC2007, "coco": COCO, "wider": WIDER_ATTRIBUTES}
 
 
 def resolve_classes(choice: str | None, count: int, stored: list[str] | None) -> tuple[list[str], str | None]:
@@ -77,11 +85,12 @@ def resolve_classes(choice: str | None, count: int, stored: list[str] | None) ->
 @dataclass(frozen=True)
 class CSRASettings:
     arch: str
-    depth: int
+    depth: int | None  # a ResNet backbone's depth (None for other backbones)
     num_heads: int
     num_classes: int
     lam: float
     lam_source: str
+    input_side: int | None = None  # the one input side the backbone takes (a ViT's), None when any side works
 
 
 def load_csra(
@@ -115,28 +124,41 @@ def load_csra(
         raise CheckpointError(f"{path}: {heads} heads; CSRA defines 1, 2, 4, 6 or 8")
     num_classes = int(state["classifier.multi_head.0.head.weight"].shape[0])
 
-    def by_depth() -> str | None:
+    def by_keys() -> str | None:
+        if "pos_embed" in state:
+            variant = infer_vit_variant(state)
+            if variant is None:
+                raise CheckpointError(f"{path}: a ViT that is neither ViT-B/16 nor ViT-L/16: give --model")
+            return f"csra_vit_{variant}"
         depth = infer_resnet_depth(state)
         if depth is None:
             raise CheckpointError(f"{path}: the backbone is not a torchvision ResNet I recognise: give --model")
         return f"csra_resnet{depth}"
 
-    spec = architecture_of(model, info, source, guess=by_depth)
+    spec = architecture_of(model, info, source, guess=by_keys)
     if spec.card.family != "csra":
         raise UsageError(f"{spec.card.name} is not a CSRA model (rl models csra lists them)")
     names, dataset = resolve_classes(classes, num_classes, info.class_names if info else None)
     chosen_lam, lam_source = _choose_lambda(lam, info, path, dataset)
     inferred = {"num_classes": num_classes, "num_heads": heads}
     net = build_with_weights(spec, state, info, source, inferred=inferred, overrides={"lam": chosen_lam})
+    side = getattr(net, "grid", None) and net.grid * 16
+    stored_preprocess = info is not None and info.extra.get("preprocess") is not None
+    preprocess = (None if stored_preprocess else official_preprocess(dataset, side)) or preprocess_for(
+        spec, info, source
+    )
+    if side and preprocess.crop != side:
+        preprocess = replace(preprocess, resize=side, crop=side)
     runner = InferenceModel.prepare(
         spec.card.name,
         net,
-        preprocess_for(spec, info, source),
+        preprocess,
         device=resolve_device(device),
         dtype=resolve_dtype(dtype),
         channels_last=spec.card.channels_last,
     )
-    settings = CSRASettings(spec.card.name, net.depth, heads, num_classes, net.lam, lam_source)
+    depth = getattr(net, "depth", None)
+    settings = CSRASettings(spec.card.name, depth, heads, num_classes, net.lam, lam_source, side or None)
     return Classifier(runner=runner, class_names=names, weights=source, info=info), settings
 
 
