@@ -259,6 +259,36 @@ def load_torchvision_weights(spec: ModelSpec, name: str) -> LoadedModel:
     )
 
 
+# --- timm weights from the local Hugging Face cache -------------------------------------------------------------
+
+
+def load_timm_weights(spec: ModelSpec, name: str = "DEFAULT") -> LoadedModel:
+    """A ``timm/NAME`` model with the weights of its tag's Hub repository, read from the local Hugging Face cache
+    (``config.json`` and ``model.safetensors``, or ``pytorch_model.bin`` with ``weights_only=True``); never
+    downloaded. The model, its preprocessing (timm's data config) and its classes come from that config.json."""
+    from rlcli.models.zoo.timm import cached_timm_model
+
+    if name != "DEFAULT":
+        raise UsageError(
+            f"{spec.card.name} takes its weights from the local Hugging Face cache (leave out --weights) or from a "
+            f"file (--weights FILE); '{name}' is neither"
+        )
+    cached = cached_timm_model(spec)
+    source = str(cached.weights)
+    state = load_checkpoint(cached.weights).state_dict
+    load_into(cached.model, state, source=source, assign=True)
+    outputs = getattr(cached.model, "num_classes", None) or None
+    return LoadedModel(
+        spec=spec,
+        model=cached.model,
+        class_names=list(cached.classes) if cached.classes else [f"class {i}" for i in range(outputs or 0)],
+        preprocess=cached.preprocess,
+        info=None,
+        weights=f"{cached.repo} ({source})",
+        outputs=outputs,
+    )
+
+
 def _torchvision_weights_member(enum: Any, name: str, model: str) -> Any:
     member = name.rsplit(".", 1)[-1]
     if "." in name and name.split(".")[0] != enum.__name__:

@@ -1,10 +1,12 @@
-"""Model names -> builders: torchvision's classification models and rlcli's own architectures.
+"""Model names -> builders: torchvision's models, rlcli's own architectures, and the zoos users already have.
 
 Torchvision models come from torchvision's own ``list_models``/``get_model``, never from a hand-kept list. rlcli's
-architectures register themselves with ``@register_model``. A user's own network is named ``pkg.module:callable``
-or ``path/to/file.py:callable`` (see ``rlcli.models.user``) — and only when the user typed that reference: a name
-read from a file (a checkpoint's recorded architecture) resolves against the registry alone, so a checkpoint can
-never make rl import or call code.
+architectures register themselves with ``@register_model``. Prefixes name the zoos (``rlcli.models.zoo``):
+``timm/NAME`` is timm's registry, ``hf/NAME`` a Hugging Face config built by transformers' AutoModel. A user's own
+network is named ``pkg.module:callable`` or ``path/to/file.py:callable`` (see ``rlcli.models.user``) — and only
+when the user typed that reference: a name read from a file (a checkpoint's recorded architecture) resolves against
+the registries alone — rl's and timm's, whose builders are data-driven and import nothing else — so a checkpoint can
+never make rl import or call code, nor read another file (``hf/`` names, like folders, are taken only when typed).
 """
 
 from __future__ import annotations
@@ -37,8 +39,11 @@ _OWN_MODEL_PACKAGES: tuple[str, ...] = ("rlcli.models.vision", "rlcli.models.lan
 Builder = Callable[..., nn.Module]
 
 # Builder arguments that fetch or name weights. A checkpoint's stored arguments never include them: torchvision
-# downloads when it sees weights="DEFAULT", and weights come from the file itself anyway.
-_WEIGHT_ARGUMENTS = frozenset({"weights", "weights_backbone", "pretrained", "pretrained_backbone", "progress"})
+# downloads when it sees weights="DEFAULT", timm when it sees pretrained=True, and weights come from the file itself.
+_WEIGHT_ARGUMENTS = frozenset({
+    "weights", "weights_backbone", "pretrained", "pretrained_backbone", "progress",
+    "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path", "cache_dir",  # timm.create_model's
+})  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,9 @@ class ModelSpec:
     inputs: Callable[[tuple[int, ...]], InputSpec] | None = field(default=None, repr=False, compare=False)
     # The steps of its forward pass that depend on values, for a pass on the meta device (see core/meta.py).
     value_steps: ValueSteps | None = field(default=None, repr=False, compare=False)
+    # The builder forwards its keyword arguments to the class it constructs (torchvision's and timm's builders take
+    # **kwargs): the settings a checkpoint may store are that class's, found by building the model on meta.
+    class_arguments: bool = field(default=False, compare=False)
 
     def build(self, input_size: tuple[int, ...] | None = None, **kwargs: Any) -> nn.Module:
         """Build the model for ``input_size`` (default: the model's own); unset (None) options are dropped."""
@@ -84,8 +92,8 @@ class ModelSpec:
 
     def accepted_arguments(self) -> dict[str, Any]:
         """Keyword arguments a stored checkpoint may pass to the builder, with their defaults."""
-        if self.card.source == "torchvision":
-            return _torchvision_arguments(self.card.name)
+        if self.class_arguments:
+            return _class_arguments(self)
         return _keyword_defaults(self.arguments or self.builder)
 
     def checked_arguments(self, stored: Mapping[str, Any], source: str) -> dict[str, Any]:
@@ -219,11 +227,26 @@ def get_spec(name: str, *, user_code: bool = False) -> ModelSpec:
     ``file.py:callable``).
 
     Pass ``user_code=True`` only for a name the user typed on the command line: importing a reference runs its
-    code. Names read from files are looked up in the registry and nowhere else.
+    code. Names read from files are looked up in the registries (rl's, timm's) and nowhere else.
     """
     for specs in (_torchvision_specs(), _own_specs()):
         if name in specs:
             return specs[name]
+    from rlcli.models.zoo import HF_PREFIX, TIMM_PREFIX
+
+    if name.startswith(TIMM_PREFIX):
+        from rlcli.models.zoo.timm import timm_spec
+
+        return timm_spec(name)
+    if name.startswith(HF_PREFIX) and user_code:
+        from rlcli.models.zoo.hf import hf_spec
+
+        return hf_spec(name)
+    if name.startswith(HF_PREFIX):
+        raise ModelNotFoundError(
+            f"'{name}' names a Hugging Face folder or cached repository, which rl reads only when you type it: "
+            f"pass --model {name}"
+        )
     if ":" in name and user_code:
         from rlcli.models.user import user_model_spec
 
@@ -317,6 +340,7 @@ def _torchvision_spec(name: str, task: str) -> ModelSpec:
         builder=builder,
         inputs=_TORCHVISION_INPUTS.get(task),
         value_steps=_DETECTION_STEPS if task == "detection" else None,
+        class_arguments=True,
     )
 
 
@@ -521,18 +545,22 @@ def _torchvision_measured(name: str, task: str, default_input: tuple[int, ...]) 
     return tuple(measured)
 
 
-@cache
-def _torchvision_arguments(name: str) -> dict[str, Any]:
-    """Keyword settings of the class a torchvision builder constructs (``num_classes``, ``dropout`` ...).
+_CLASS_ARGUMENTS: dict[tuple[str, str], dict[str, Any]] = {}
 
-    torchvision's builders forward ``**kwargs`` to the model's class; the class is found by building the stock
-    model on the meta device (milliseconds, no weights).
+
+def _class_arguments(spec: ModelSpec) -> dict[str, Any]:
+    """Keyword settings of the class a builder constructs (``num_classes``, ``dropout`` ...).
+
+    torchvision's and timm's builders forward ``**kwargs`` to the model's class; the class is found by building the
+    stock model on the meta device (milliseconds, no weights).
     """
     from rlcli.core.meta import build_on_meta
 
-    spec = _torchvision_specs()[name]
-    model = build_on_meta(lambda: spec.build())
-    return _keyword_defaults(type(model).__init__)
+    key = (spec.card.source, spec.card.name)
+    if key not in _CLASS_ARGUMENTS:
+        model = build_on_meta(lambda: spec.build())
+        _CLASS_ARGUMENTS[key] = _keyword_defaults(type(model).__init__)
+    return dict(_CLASS_ARGUMENTS[key])
 
 
 def stock_torchvision_kwargs(name: str, weights: Any, input_size: tuple[int, ...] | None) -> dict[str, Any]:

@@ -1,9 +1,11 @@
 """`rl classify`: single-label image classification with any registry model, offline.
 
 Weights come from a checkpoint file (plain state dict, training checkpoint, or an rlcli checkpoint that also names
-the architecture and classes) or from a torchvision weights name resolved in the local torch hub cache; the model,
-its classes and its preprocessing are resolved by ``rlcli.models.loading``. The preprocessing is exactly the
-weights' evaluation transform. Images run through the shared batched runner (``rlcli.core.inference``).
+the architecture and classes), from a torchvision weights name resolved in the local torch hub cache, or — for a
+``timm/NAME`` model — from its Hub repository in the local Hugging Face cache; the model, its classes and its
+preprocessing are resolved by ``rlcli.models.loading``. The preprocessing is exactly the weights' evaluation
+transform (timm's data config for timm's weights). Images run through the shared batched runner
+(``rlcli.core.inference``).
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ def load_classifier(
         >>> clf = load_classifier("resnet50", "ResNet50_Weights.IMAGENET1K_V2")
         >>> clf = load_classifier(None, "runs/shapes.safetensors")   # an rlcli checkpoint names its arch
     """
-    from rlcli.models.loading import load_model_file, load_torchvision_weights, output_count
+    from rlcli.models.loading import load_model_file, load_timm_weights, load_torchvision_weights, output_count
     from rlcli.models.registry import get_spec
 
     torch_dtype = resolve_dtype(dtype)
@@ -87,7 +89,10 @@ def load_classifier(
     else:
         spec = get_spec(model, user_code=True)
         _check_task(spec.card)  # before reading any file: a detector's weights carry no classification transform
-        loaded = load_torchvision_weights(spec, weights)
+        if spec.card.source == "timm":
+            loaded = load_timm_weights(spec, weights)
+        else:
+            loaded = load_torchvision_weights(spec, weights)
         preprocess = overrides.apply(loaded.preprocess)
     card = loaded.spec.card
     _check_task(card)
