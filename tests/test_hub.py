@@ -213,3 +213,65 @@ def test_scan_of_missing_caches_is_empty(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "none"))
     scan = hub.scan_caches()
     assert (scan.repositories, scan.checkpoints, scan.warnings) == ([], [], [])
+
+
+TIMM_CONFIG = {"architecture": "resnet18", "num_classes": 1000, "pretrained_cfg": {"tag": "a1_in1k"}}
+
+
+def fill_caches(tmp_path: Path) -> dict[str, str]:
+    """A hub cache with a timm model, a GPT-2, a BERT config alone and a tokenizer-only repository; a torch hub
+    folder with a torchvision file and another checkpoint. Returns the environment that points at them."""
+    cache = tmp_path / "hub"
+    snapshot = cache_repo(cache, "timm/resnet18.a1_in1k", "t1", files=("config.json", "model.safetensors"))
+    (snapshot / "config.json").write_text(json.dumps(TIMM_CONFIG))
+    (snapshot / "model.safetensors").write_bytes(b"\0" * 2048)
+    snapshot = cache_repo(cache, "openai-community/gpt2", "g1", files=("config.json", "model.safetensors"))
+    (snapshot / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    snapshot = cache_repo(cache, "google-bert/bert-base-uncased", "b1")
+    (snapshot / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    cache_repo(cache, "org/tokenizer", "k1", files=("tokenizer.json",))
+    checkpoints = tmp_path / "torch" / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    (checkpoints / "resnet18-f37072fd.pth").write_bytes(b"\0" * 123)
+    (checkpoints / "mine.safetensors").write_bytes(b"\0" * 45)
+    return {"HF_HUB_CACHE": str(cache), "TORCH_HOME": str(tmp_path / "torch")}
+
+
+def test_models_cached_lists_what_rl_runs_with_sizes(rl, tmp_path, monkeypatch):
+    for name, value in fill_caches(tmp_path).items():
+        monkeypatch.setenv(name, value)
+    result = rl("models", "--cached", "--json")
+    assert result.code == 0, result.stderr
+    document = json.loads(result.stdout)
+    listed = {m["name"]: (m["cache"], m["commands"], m["size_bytes"], m["architecture"]) for m in document["models"]}
+    checkpoints = tmp_path / "torch" / "hub" / "checkpoints"
+    size = len  # a file's size: its text's length (ASCII)
+    assert listed == {
+        "timm/resnet18.a1_in1k": ("huggingface", ["summary", "classify"], 2048 + size(json.dumps(TIMM_CONFIG)), None),
+        "hf/openai-community/gpt2": (
+            "huggingface", ["summary", "generate"], size('{"model_type": "gpt2"}{"revision": "g1"}'), None
+        ),
+        "hf/google-bert/bert-base-uncased": ("huggingface", ["summary"], size('{"model_type": "bert"}'), None),
+        str(checkpoints / "mine.safetensors"): ("torch", ["classify"], 45, None),
+        str(checkpoints / "resnet18-f37072fd.pth"): ("torch", ["classify"], 123, "resnet18"),
+    }  # fmt: skip
+    assert document["skipped"] == ["org/tokenizer"]
+    table = rl("models", "--cached", "resnet18")
+    assert table.code == 0, table.stderr
+    rows = table.stdout.splitlines()
+    assert any(r.startswith("timm/resnet18.a1_in1k ") and "summary, classify" in r for r in rows)
+    assert any("resnet18-f37072fd.pth" in r and "classify -m resnet18 -w FILE" in r for r in rows)
+
+
+def test_models_cached_does_not_import_torch(tmp_path):
+    code = (
+        "import atexit, sys\n"
+        "atexit.register(lambda: sys.stderr.write('TORCH-IMPORTED' if 'torch' in sys.modules else 'TORCH-FREE'))\n"
+        "sys.argv = ['rl', 'models', '--cached']\n"
+        "from rlcli.cli import main\n"
+        "main()\n"
+    )
+    env = {**os.environ, **fill_caches(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "timm/resnet18.a1_in1k" in done.stdout and done.stderr.endswith("TORCH-FREE")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from rlcli.cli._common import Column, choose_format, print_csv, print_json, print_table, si, thousands
+from rlcli.cli._common import Column, choose_format, print_csv, print_json, print_table, si, size_bytes, thousands
 from rlcli.errors import RlError
 
 HELP = """List the models rl knows, with parameters and MACs at their default input.
@@ -19,6 +19,7 @@ Examples:
   rl models swin --json
   rl models --task detection
   rl models --paper
+  rl models --cached                 # what the local caches hold that rl runs
 """
 
 
@@ -43,12 +44,23 @@ def models_command(
         help="Only models of this task (image-classification, detection, language-model ...).",
         autocompletion=complete_task,
     ),
+    cached: bool = typer.Option(
+        False,
+        "--cached",
+        help="What the local Hugging Face and torch hub caches hold that rl runs, with sizes (timm/ and hf/ names, "
+        "checkpoint files).",
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON document."),
     csv_out: bool = typer.Option(False, "--csv", help="Print CSV."),
 ) -> None:
     from rlcli.models.catalog import find_models, load_index
 
     fmt = choose_format(json_out, csv_out)
+    if cached:
+        if paper or task is not None:
+            raise typer.BadParameter("--cached lists cache contents; it takes no --paper or --task")
+        print_cached(pattern, fmt)
+        return
     index = load_index()
     entries = find_models(pattern)
     if task is not None:
@@ -90,6 +102,53 @@ def models_command(
             "`rl summary MODEL` shows the layers; any pkg.module:callable or file.py:callable works there too.",
         ]
         print_table(columns, rows, footer=footer)
+
+
+def print_cached(pattern: str | None, fmt) -> None:
+    """The runnable contents of the local caches (huggingface_hub's scan, the torch hub folder), no torch."""
+    from dataclasses import asdict
+    from fnmatch import fnmatchcase
+
+    from rlcli.models.catalog import load_index
+    from rlcli.models.zoo.cached import cached_models
+
+    torchvision = frozenset(e.name for e in load_index().entries if e.source == "torchvision")
+    found = cached_models(torchvision)
+    models = found.models
+    if pattern:
+        wildcard = any(c in pattern for c in "*?[")
+        models = [m for m in models if (fnmatchcase(m.name, pattern) if wildcard else pattern in m.name)]
+    if fmt == "json":
+        print_json(
+            {
+                "hf_cache": str(found.hf_cache),
+                "torch_checkpoints": str(found.torch_checkpoints),
+                "models": [{**asdict(m), "commands": list(m.commands)} for m in models],
+                "skipped": found.skipped,
+                "warnings": found.warnings,
+            }
+        )
+        return
+    fields = ("cache", "name", "architecture", "size_bytes", "commands")
+    if fmt == "csv":
+        print_csv(fields, [[m.cache, m.name, m.architecture or "", m.size_bytes, " ".join(m.commands)] for m in models])
+        return
+    if not models:
+        raise RlError(f"no model rl runs in {found.hf_cache} or {found.torch_checkpoints}")
+    columns = [Column("Model"), Column("Cache"), Column("Size", "right"), Column("Runs with")]
+    rows = [[m.name, m.cache, size_bytes(m.size_bytes), _commands(m)] for m in models]
+    footer = [
+        f"{len(models)} models. Hugging Face cache {found.hf_cache}; torch hub checkpoints {found.torch_checkpoints}.",
+        *([f"Not listed: {len(found.skipped)} repositories without a config.json rl reads."] if found.skipped else []),
+        *found.warnings,
+    ]
+    print_table(columns, rows, footer=footer)
+
+
+def _commands(model) -> str:
+    if model.cache == "torch":
+        return f"classify -m {model.architecture or 'ARCH'} -w FILE"
+    return ", ".join(model.commands)
 
 
 def paper_checks(entry) -> dict:
