@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
+from typer.core import TyperCommand
 
 from rlcli.cli._common import (
     Column,
@@ -30,14 +31,16 @@ from rlcli.core.inputs import Problem
 if TYPE_CHECKING:
     from rlcli.tasks.multilabel import CSRASettings, LabelSet, Truth
 
-HELP = """Multi-label recognition with CSRA (class-specific residual attention) heads on ResNet backbones.
+HELP = """Multi-label recognition with CSRA (class-specific residual attention) heads on ResNet and ViT backbones.
 
 Loads the authors' released checkpoints as they are (e.g. resnet101_voc07_head1_lam0.1_94.7.pth) and rlcli's own;
-heads, classes and depth come from the checkpoint. Prints every label whose sigmoid score reaches --threshold, best
+heads, classes and backbone come from the checkpoint. Prints every label whose sigmoid score reaches --threshold, best
 first (or the --top-k best). --cam DIR writes a PNG per image with each predicted label's attention map.
 --labels FILE (CSV: image path, then its class names; 'name?' marks a class difficult in that image, left out of
 its figures as VOC2007 does; an image on several rows gets all their labels) evaluates instead: per-class AP, mAP,
 CP, CR, CF1, OP, OR, OF1. Inputs, batching, errors and output formats are those of `rl classify`.
+`rl multilabel train DATA -o model.pt` trains CSRA heads on your own labelled images (see its --help); a file or
+folder named train is given as ./train.
 
 Examples:
 
@@ -45,11 +48,24 @@ Examples:
   rl multilabel photos/ -w resnet101_voc07_head1_lam0.1_94.7.pth
   rl multilabel street.jpg -w resnet101_coco_head4_lam0.5_83.3.pth --cam maps/
   rl multilabel -w voc.pth --labels voc_test.csv --json
+  rl multilabel train labels.csv -o mine.pt -m csra_resnet50 --heads 4
 """
 
 
 def register(app: typer.Typer) -> None:
-    app.command("multilabel", help=HELP)(multilabel_command)
+    app.command("multilabel", help=HELP, cls=_MultilabelCommand)(multilabel_command)
+
+
+class _MultilabelCommand(TyperCommand):
+    """`rl multilabel IMG...`, and `rl multilabel train ...` when the first argument is the word ``train`` (a file
+    or folder named train is ``./train``)."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        if args and args[0] == "train":
+            from rlcli.cli.multilabel_train import train_click_command
+
+            return train_click_command().make_context(f"{info_name} train", list(args[1:]), parent=parent, **extra)
+        return super().make_context(info_name, args, parent=parent, **extra)
 
 
 def multilabel_command(
