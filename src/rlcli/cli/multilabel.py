@@ -80,12 +80,24 @@ def multilabel_command(
     ),
     lam: float | None = typer.Option(None, "--lam", help="lambda (default: checkpoint, file name, dataset's)."),
     classes: str | None = typer.Option(None, "--classes", help="voc2007, coco, or a file with one name per line."),
-    threshold: float = typer.Option(0.5, "--threshold", "-t", help="Sigmoid score needed to report a label."),
+    threshold: float | None = typer.Option(
+        None,
+        "--threshold",
+        "-t",
+        help="Sigmoid score needed to report a label (default: the checkpoint's per-class thresholds, else 0.5).",
+    ),
     top_k: int | None = typer.Option(None, "--top-k", "-k", min=1, help="Report the k best labels instead."),
     cam: Path | None = typer.Option(None, "--cam", help="Write attention-map PNGs into this folder."),
     labels: Path | None = typer.Option(
         None, "--labels", help="Evaluate against this CSV (path, class, ...; 'class?' marks a difficult one)."
     ),
+    tune_thresholds: bool = typer.Option(
+        False, "--tune-thresholds", help="With --labels: each class's best-F1 threshold, written with -o."
+    ),
+    output: Path | None = typer.Option(
+        None, "--output", "-o", help="--tune-thresholds: the checkpoint to write (the weights plus thresholds)."
+    ),
+    force: bool = typer.Option(False, "--force", help="Replace --output if it exists."),
     batch_size: int = typer.Option(16, "--batch-size", "-b", min=1, help="Images per forward pass."),
     workers: int = typer.Option(
         None, "--workers", "-j", min=0, help="Decoding processes (default: 1 per core, max 4)."
@@ -113,6 +125,14 @@ def multilabel_command(
     if not images and labels is None:
         raise UsageError("give images, or --labels FILE to evaluate on the images it lists")
     check_selection(threshold, top_k)
+    if tune_thresholds and (labels is None or output is None):
+        raise UsageError("--tune-thresholds needs --labels FILE (the tuning set) and -o FILE (where to write them)")
+    if output is not None and not tune_thresholds:
+        raise UsageError("-o/--output is where --tune-thresholds writes its checkpoint: give --tune-thresholds")
+    if output is not None:
+        from rlcli.core.files import check_output_file
+
+        check_output_file(output, force=force)
     overrides = PreprocessOverrides(resize, resize, parse_floats(mean, "--mean"), parse_floats(std, "--std"))
     clf, settings = load_csra(
         str(weights), model=model, lam=lam, classes=classes, device=device.value, dtype=dtype.value
@@ -128,6 +148,9 @@ def multilabel_command(
         f"{settings.arch}: {settings.num_heads} head(s), {settings.num_classes} classes, "
         f"lambda {settings.lam:g} ({settings.lam_source})"
     )
+    if threshold is None and settings.thresholds and top_k is None:
+        note("labels chosen at each class's threshold stored in the checkpoint (--threshold overrides)")
+    chosen = threshold if threshold is not None else list(settings.thresholds) if settings.thresholds else 0.5
     truth = read_labels(labels, clf.class_names) if labels else None
     arguments = list(images or []) or [str(p) for p in (truth or {})]
     stdin = sys.stdin if "-" in arguments else None
@@ -138,9 +161,7 @@ def multilabel_command(
     failed = 0
     with progress_bar(len(inputs) > 1) as report:
         options.on_progress = lambda done, total: report("recognising", done, total)
-        for result in recognise(
-            clf, inputs, threshold=threshold, top_k=top_k, with_maps=cam is not None, options=options
-        ):
+        for result in recognise(clf, inputs, threshold=chosen, top_k=top_k, with_maps=cam is not None, options=options):
             if isinstance(result, Problem):
                 failed += 1
                 report_problem(result.path, result.reason)
@@ -156,8 +177,10 @@ def multilabel_command(
                 report_problem(result.path, f"not listed in {labels}")
                 continue
             collected.append((result.all_scores, positives))
+    if tune_thresholds:
+        chosen = write_tuned(collected, clf, settings, chosen, str(weights), output, force, fmt.value)
     if truth is not None:
-        print_evaluation(collected, clf.class_names, threshold, settings, fmt.value)
+        print_evaluation(collected, clf.class_names, chosen, settings, fmt.value)
     if failed:
         raise typer.Exit(1)
 
@@ -176,6 +199,33 @@ def _write_map(result: LabelSet, folder: Path) -> bool:
         report_problem(result.path, f"its attention map: {exc}")
         return False
     return True
+
+
+def write_tuned(collected, clf, settings: CSRASettings, current, weights: str, output: Path, force: bool, fmt: str):
+    """Tune each class's threshold on the collected scores, write the checkpoint with them, report the change;
+    returns the new thresholds (the evaluation that follows uses them)."""
+    from rlcli.errors import RlError
+    from rlcli.tasks.multilabel import save_with_thresholds, tune_thresholds
+
+    if not collected:
+        raise RlError("no labelled image could be scored: nothing to tune on")
+    tuned = tune_thresholds([s for s, _ in collected], [t for _, t in collected], clf.class_names, current)
+    thresholds = [t.threshold for t in tuned]
+    written = save_with_thresholds(weights, output, clf, settings, thresholds, force)
+    note(f"per-class thresholds (best F1 on {len(collected)} images) written with the weights to {written.path}")
+    if fmt != "json":
+
+        def shown(value):
+            return "-" if value is None else f"{100 * value:.2f}"
+
+        rows = [
+            [t.name, f"{t.previous_threshold:.4f}", f"{t.threshold:.4f}", shown(t.previous_f1), shown(t.f1)]
+            for t in tuned
+        ]
+        columns = [Column("Class"), Column("Was", "right"), Column("Threshold", "right"), Column("F1 % was", "right"),
+                   Column("F1 %", "right")]  # fmt: skip
+        print_table(columns, rows, footer=["Classes without a positive example keep their threshold ('-')."])
+    return thresholds
 
 
 def print_evaluation(collected, class_names, threshold, settings: CSRASettings, fmt: str) -> None:
@@ -197,8 +247,9 @@ def print_evaluation(collected, class_names, threshold, settings: CSRASettings, 
         for (name, ap), count in zip(result.average_precision.items(), positives, strict=True)
     ]
     evaluated = len(result.classes_evaluated)
+    at = f"threshold {threshold:g}" if isinstance(threshold, (int, float)) else "each class's threshold"
     footer = [
-        f"mAP {100 * result.mAP:.2f} over {result.images} images; at threshold {threshold:g}: "
+        f"mAP {100 * result.mAP:.2f} over {result.images} images; at {at}: "
         f"CP {100 * result.CP:.2f}  CR {100 * result.CR:.2f}  CF1 {100 * result.CF1:.2f}  "
         f"OP {100 * result.OP:.2f}  OR {100 * result.OR:.2f}  OF1 {100 * result.OF1:.2f}",
         f"mAP, CP, CR and CF1 average over the {evaluated} of {len(class_names)} classes with a positive example "

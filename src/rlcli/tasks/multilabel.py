@@ -91,6 +91,7 @@ class CSRASettings:
     lam: float
     lam_source: str
     input_side: int | None = None  # the one input side the backbone takes (a ViT's), None when any side works
+    thresholds: tuple[float, ...] | None = None  # per-class thresholds stored in the checkpoint (tuned)
 
 
 def load_csra(
@@ -158,8 +159,53 @@ def load_csra(
         channels_last=spec.card.channels_last,
     )
     depth = getattr(net, "depth", None)
-    settings = CSRASettings(spec.card.name, depth, heads, num_classes, net.lam, lam_source, side or None)
+    thresholds = _stored_thresholds(info, names, path)
+    settings = CSRASettings(spec.card.name, depth, heads, num_classes, net.lam, lam_source, side or None, thresholds)
     return Classifier(runner=runner, class_names=names, weights=source, info=info), settings
+
+
+def _stored_thresholds(info, names: list[str], path: Path) -> tuple[float, ...] | None:
+    stored = info.extra.get("thresholds") if info else None
+    if stored is None:
+        return None
+    if not isinstance(stored, dict) or set(stored) != set(names):
+        raise CheckpointError(f"{path}: its stored thresholds do not name each of its classes once")
+    values = [stored[name] for name in names]
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1 for v in values):
+        raise CheckpointError(f"{path}: its stored thresholds are not all numbers within [0, 1]")
+    return tuple(float(v) for v in values)
+
+
+def save_with_thresholds(
+    weights: str, output: Path, clf: Classifier, settings: CSRASettings, thresholds: list[float], force: bool
+):
+    """A copy of the checkpoint ``weights`` as a self-describing rl checkpoint with these per-class thresholds (the
+    authors' files gain their architecture, heads, lambda, classes and preprocessing on the way)."""
+    from rlcli.core.checkpoints import CheckpointInfo, save_checkpoint
+
+    checkpoint = load_checkpoint(Path(weights).expanduser())
+    info = checkpoint.info or CheckpointInfo()
+    model_args = {"num_classes": settings.num_classes, "num_heads": settings.num_heads, "lam": settings.lam}
+    if settings.input_side and "image_size" in _accepted(settings.arch):
+        model_args["image_size"] = settings.input_side
+    info = CheckpointInfo(
+        arch=settings.arch,
+        model_args={**info.model_args, **model_args} if info.arch == settings.arch else model_args,
+        class_names=list(clf.class_names),
+        extra={
+            **info.extra,
+            "preprocess": clf.runner.preprocess.to_mapping(),
+            "lam": settings.lam,
+            "thresholds": dict(zip(clf.class_names, thresholds, strict=True)),
+        },
+    )
+    return save_checkpoint(output, checkpoint.state_dict, info, overwrite=force)
+
+
+def _accepted(arch: str) -> dict:
+    from rlcli.models.registry import get_spec
+
+    return get_spec(arch).accepted_arguments()
 
 
 def _choose_lambda(lam: float | None, info, path: Path, dataset: str | None) -> tuple[float, str]:
@@ -195,9 +241,12 @@ class LabelSet:
     maps: torch.Tensor | None = field(repr=False, default=None)  # [classes, h, w] when attention maps were asked
 
 
-def check_selection(threshold: float, top_k: int | None) -> None:
+Thresholds = float | list[float]  # one for every class, or one per class
+
+
+def check_selection(threshold: float | None, top_k: int | None) -> None:
     """Usage errors for a label selection that cannot mean anything (checked before the model loads)."""
-    if not 0 <= threshold <= 1:  # also false for nan
+    if threshold is not None and not 0 <= threshold <= 1:  # also false for nan
         raise UsageError(f"--threshold must be within [0, 1], not {threshold}")
     if top_k is not None and top_k < 1:
         raise UsageError("--top-k must be at least 1")
@@ -207,13 +256,14 @@ def recognise(
     clf: Classifier,
     inputs: list[Input],
     *,
-    threshold: float = 0.5,
+    threshold: Thresholds = 0.5,
     top_k: int | None = None,
     with_maps: bool = False,
     options: RunOptions | None = None,
 ) -> Iterator[LabelSet | Problem]:
-    """Labels whose sigmoid score is >= ``threshold`` (or the ``top_k`` best), best first, in input order."""
-    check_selection(threshold, top_k)
+    """Labels whose sigmoid score is >= ``threshold`` (or their class's, given one per class; or the ``top_k``
+    best), best first, in input order."""
+    check_selection(threshold if isinstance(threshold, (int, float)) else None, top_k)
     forward = clf.runner.model.forward_with_maps if with_maps else None
     for batch, outputs in forward_batches(clf.runner, inputs, options or RunOptions(), forward=forward):
         results: list[LabelSet | Problem] = list(batch.problems)
@@ -223,10 +273,14 @@ def recognise(
         yield from sorted(results, key=lambda r: r.position)
 
 
+def _of_class(threshold: Thresholds, c: int) -> float:
+    return threshold if isinstance(threshold, (int, float)) else threshold[c]
+
+
 def _label_sets(clf, batch: ImageBatch, scores, maps, threshold, top_k) -> Iterator[LabelSet]:
     for row, (position, path, size) in enumerate(zip(batch.positions, batch.paths, batch.sizes, strict=True)):
         ordered = scores[row].argsort(descending=True, stable=True).tolist()
-        chosen = ordered[:top_k] if top_k else [i for i in ordered if scores[row, i] >= threshold]
+        chosen = ordered[:top_k] if top_k else [i for i in ordered if scores[row, i] >= _of_class(threshold, i)]
         yield LabelSet(
             path=path,
             position=position,
@@ -357,7 +411,7 @@ def _truth_of(cells: list[str], class_names: list[str], where: str) -> Truth:
 @dataclass
 class Evaluation:
     images: int
-    threshold: float
+    threshold: float | dict[str, float]  # one for all classes, or each class's own
     average_precision: dict[str, float | None]  # None: no positive example of the class
     mAP: float
     CP: float
@@ -406,13 +460,13 @@ class _ClassCounts:
     positives: int
 
 
-def _count_class(c: int, scores: list[list[float]], truths: list[Truth], threshold: float) -> _ClassCounts:
+def _count_class(c: int, scores: list[list[float]], truths: list[Truth], threshold: Thresholds) -> _ClassCounts:
     """One class's AP and counts at ``threshold``, over the images where the class is not difficult."""
     kept = [
         (row[c], c in truth.positives) for row, truth in zip(scores, truths, strict=True) if c not in truth.difficult
     ]
     column, labels = [score for score, _ in kept], [label for _, label in kept]
-    predicted = [score >= threshold for score in column]
+    predicted = [score >= _of_class(threshold, c) for score in column]
     return _ClassCounts(
         ap=average_precision(column, labels),
         true_positives=sum(p and label for p, label in zip(predicted, labels, strict=True)),
@@ -422,7 +476,7 @@ def _count_class(c: int, scores: list[list[float]], truths: list[Truth], thresho
 
 
 def evaluate(
-    scores: list[list[float]], truths: list[Truth], class_names: list[str], threshold: float = 0.5
+    scores: list[list[float]], truths: list[Truth], class_names: list[str], threshold: Thresholds = 0.5
 ) -> Evaluation:
     """Per-class AP and mAP, with the paper's precision/recall/F1 at ``threshold``, as the official code computes
     them (``utils/evaluation/cal_PR.py`` and ``cal_mAP.py`` of the CSRA repository).
@@ -446,7 +500,7 @@ def evaluate(
     o_r = tp / positives if positives else 0.0
     return Evaluation(
         images=len(scores),
-        threshold=threshold,
+        threshold=threshold if isinstance(threshold, (int, float)) else dict(zip(class_names, threshold, strict=True)),
         average_precision={name: n.ap for name, n in zip(class_names, counts, strict=True)},
         mAP=_mean([counts[c].ap for c in evaluated]),
         CP=cp,
@@ -467,3 +521,57 @@ def _mean(values: list[float]) -> float:
 
 def _f1(precision: float, recall: float) -> float:
     return 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+
+
+# --- per-class thresholds ------------------------------------------------------------------------------------
+
+
+def class_f1(scores: list[list[float]], truths: list[Truth], c: int, threshold: float) -> float | None:
+    """Class ``c``'s F1 at ``threshold`` over the images where it is not difficult; None without a positive."""
+    counts = _count_class(c, scores, truths, threshold)
+    if not counts.positives:
+        return None
+    return 2 * counts.true_positives / (counts.predicted + counts.positives)
+
+
+@dataclass
+class TunedThreshold:
+    name: str
+    threshold: float
+    f1: float | None  # on the tuning set, at the new threshold
+    previous_threshold: float
+    previous_f1: float | None
+
+
+def tune_thresholds(
+    scores: list[list[float]], truths: list[Truth], class_names: list[str], current: Thresholds = 0.5
+) -> list[TunedThreshold]:
+    """Each class's threshold for the best F1 on this set; a class keeps its current threshold when no other does
+    better (so no class's F1 goes down) and when it has no positive example. A new threshold lies halfway between
+    the lowest score it accepts and the next lower one, so that it selects exactly the images that won on this set."""
+    tuned = []
+    for c, name in enumerate(class_names):
+        previous = _of_class(current, c)
+        before = class_f1(scores, truths, c, previous)
+        best, best_f1 = previous, before
+        if before is not None:
+            pairs = [(row[c], c in t.positives) for row, t in zip(scores, truths, strict=True) if c not in t.difficult]
+            for candidate, lower, f1 in _f1_sweep(pairs):
+                if f1 > best_f1:
+                    middle = (lower + candidate) / 2
+                    best, best_f1 = (middle if lower < middle < candidate else candidate), f1
+        tuned.append(TunedThreshold(name, best, best_f1, previous, before))
+    return tuned
+
+
+def _f1_sweep(pairs: list[tuple[float, bool]]) -> Iterator[tuple[float, float, float]]:
+    """For each distinct score s, highest first: (s, the next lower score or 0, F1 when predicting score >= s)."""
+    positives = sum(label for _, label in pairs)
+    ordered = sorted(pairs, key=lambda pair: -pair[0])
+    hits = seen = 0
+    for index, (score, label) in enumerate(ordered):
+        hits, seen = hits + label, seen + 1
+        following = ordered[index + 1][0] if index + 1 < len(ordered) else None
+        if following == score:
+            continue  # tied scores are accepted together
+        yield score, following if following is not None else 0.0, 2 * hits / (seen + positives)
