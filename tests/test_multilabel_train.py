@@ -11,6 +11,7 @@ import torch
 from multilabel_shapes import CLASSES, write_scenes
 from rlcli.core.checkpoints import load_checkpoint
 from rlcli.core.images import open_rgb
+from rlcli.errors import UsageError
 from rlcli.tasks.multilabel import load_csra, read_labels
 from rlcli.tasks.multilabel_data import read_labelled_set, split_off
 from rlcli.tasks.multilabel_train import Hooks, TrainSettings, state_path, train
@@ -46,7 +47,7 @@ def test_training_learns_generated_scenes_and_attention_finds_them(rl, scenes, t
     assert len(summary["epochs"]) == 6 and summary["best_mAP"] == max(e["val_mAP"] for e in summary["epochs"])
 
     # the checkpoint describes itself: no other flag needed, on images it never saw
-    evaluation = rl("multilabel", "-w", str(out), "--labels", str(scenes["test"]), "--json", "-j", "0")
+    evaluation = rl("multilabel", "--model", str(out), "--labels", str(scenes["test"]), "--json", "-j", "0")
     assert evaluation.code == 0, evaluation.stderr
     document = json.loads(evaluation.stdout)
     assert document["model"]["arch"] == "csra_tiny" and document["images"] == 60
@@ -115,6 +116,8 @@ def test_resume_after_interruption_ends_with_the_same_weights(scenes, tmp_path):
         assert torch.equal(final_a[name], final_b[name]), name
     best_a, best_b = load_checkpoint(straight).state_dict, load_checkpoint(stopped).state_dict
     assert all(torch.equal(best_a[k], best_b[k]) for k in best_a)
+    with pytest.raises(UsageError, match="state of a run on other data"):
+        train(train_set.subset(list(range(40)), "fewer"), val_set, stopped, settings(epochs=4), resume=True)
 
 
 def test_frozen_backbone_caches_float16_features(scenes, tmp_path):

@@ -70,12 +70,14 @@ class _MultilabelCommand(TyperCommand):
 
 def multilabel_command(
     images: list[str] | None = typer.Argument(None, metavar="IMG", help="Files, folders, globs, or - for stdin."),
-    weights: Path = typer.Option(..., "--weights", "-w", help="CSRA checkpoint (official or rlcli)."),
+    weights: Path | None = typer.Option(
+        None, "--weights", "-w", help="CSRA checkpoint (official or rlcli; an rlcli one may be given as --model)."
+    ),
     model: str | None = typer.Option(
         None,
         "--model",
         "-m",
-        help="csra_resnet* (default: read from the checkpoint).",
+        help="csra_resnet*, csra_vit_*, csra_tiny (default: read from the checkpoint), or the checkpoint itself.",
         autocompletion=complete_model_name,
     ),
     lam: float | None = typer.Option(None, "--lam", help="lambda (default: checkpoint, file name, dataset's)."),
@@ -122,6 +124,10 @@ def multilabel_command(
     from rlcli.tasks.multilabel import check_selection, load_csra, read_labels, recognise
 
     fmt = choose_format(json_out, csv_out)
+    if weights is None and model is not None and Path(model).expanduser().is_file():
+        weights, model = Path(model), None  # `--model trained.pt`: a checkpoint that names its architecture
+    if weights is None:
+        raise UsageError("give the checkpoint: -w FILE (or --model FILE for one that names its architecture)")
     if not images and labels is None:
         raise UsageError("give images, or --labels FILE to evaluate on the images it lists")
     check_selection(threshold, top_k)

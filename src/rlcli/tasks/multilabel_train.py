@@ -375,6 +375,12 @@ def train(
     settings.check()
     if list(val_set.class_names) != list(train_set.class_names):
         raise UsageError("the validation set's classes differ from the training set's")
+    data = {"classes": list(train_set.class_names), "train_images": len(train_set), "val_images": len(val_set)}
+    if saved is not None and saved.get("data") != data:
+        raise UsageError(
+            f"{state_path(output)} is the state of a run on other data ({_describe(saved.get('data'))}); "
+            f"this one has {_describe(data)}"
+        )
     torch.manual_seed(settings.seed)
     net, preprocess = build_model(settings, len(train_set.class_names))
     if saved is not None:
@@ -402,7 +408,7 @@ def train(
             result.best_epoch, result.best_mAP = epoch + 1, val_map
             result.written = _write_checkpoint(output, net, train_set.class_names, preprocess, settings, report, meta)
         result.epochs.append(report)
-        _write_state(output, net, optimizer, settings, result, init_note)
+        _write_state(output, net, optimizer, settings, result, init_note, data)
         hooks.on_epoch(report)
     return result
 
@@ -508,8 +514,15 @@ def _write_checkpoint(output, net, class_names, preprocess, settings, report: Ep
     return save_checkpoint(output, net.state_dict(), info)
 
 
-def _write_state(output: Path, net, optimizer, settings: TrainSettings, result: TrainResult, init_note: str) -> None:
+def _describe(data: dict | None) -> str:
+    if not isinstance(data, dict):
+        return "unknown"
+    return f"{len(data['classes'])} classes, {data['train_images']} training and {data['val_images']} validation images"
+
+
+def _write_state(output: Path, net, optimizer, settings, result: TrainResult, init_note: str, data: dict) -> None:
     payload = {
+        "data": data,
         "format": STATE_FORMAT,
         "settings": settings.to_mapping(),
         "epoch": result.epochs[-1].epoch,
