@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
 
+from rlcli.cli._batch import (
+    FROM_LIST,
+    GPUS_PER_WORKER,
+    LIST_COLUMN,
+    OUTPUT,
+    RAY,
+    RESUME,
+    SHARD_FORMAT,
+    SHARD_SIZE,
+    ShardFormat,
+    check_batch_options,
+    read_image_inputs,
+    run_image_batch,
+)
 from rlcli.cli._common import (
     Column,
     Device,
@@ -43,6 +56,12 @@ Examples:
   rl classify cat.jpg dog.png -m mobilenet_v3_large --top-k 3
   find shots -name '*.jpg' | rl classify - -w runs/shapes.safetensors --json
   rl classify 'data/**/*.png' -m efficientnet_b0 --csv > labels.csv
+  rl classify --from-list files.txt -m resnet50 -o labels/ --ray --workers 4
+
+-o DIR writes shards (--format jsonl, csv or parquet, --shard-size inputs each, each written in one step) and a
+manifest.json last; --resume completes an interrupted run without redoing its complete shards. --ray runs the
+same preprocessing and model on a Ray cluster (RAY_ADDRESS, else a local instance): decoding as Ray Data tasks,
+the model in --workers actors with --gpus-per-worker GPUs each.
 """
 
 
@@ -51,7 +70,7 @@ def register(app: typer.Typer) -> None:
 
 
 def classify_command(
-    images: list[str] = typer.Argument(..., metavar="IMG", help="Files, folders, globs, or - for stdin."),
+    images: list[str] | None = typer.Argument(None, metavar="IMG", help="Files, folders, globs, or - for stdin."),
     model: str | None = typer.Option(
         None, "--model", "-m", help="Registry model (rl models).", autocompletion=complete_model_name
     ),
@@ -62,7 +81,11 @@ def classify_command(
     top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="Labels per image."),
     batch_size: int = typer.Option(32, "--batch-size", "-b", min=1, help="Images per forward pass."),
     workers: int = typer.Option(
-        None, "--workers", "-j", min=0, help="Decoding processes (default: 1 per core, max 4)."
+        None,
+        "--workers",
+        "-j",
+        min=0,
+        help="Decoding processes (default: 1 per core, max 4); with --ray, model actors (default 1).",
     ),
     device: Device = typer.Option(Device.auto, "--device", help="auto picks cuda when available."),
     dtype: DType = typer.Option(DType.float32, "--dtype", help="Model and input dtype."),
@@ -75,19 +98,47 @@ def classify_command(
     ),
     json_out: bool = typer.Option(False, "--json", help="JSON Lines: one object per image."),
     csv_out: bool = typer.Option(False, "--csv", help="CSV: one row per image and rank."),
+    from_list: Path | None = FROM_LIST,
+    list_column: str = LIST_COLUMN,
+    output: Path | None = OUTPUT,
+    shard_format: ShardFormat = SHARD_FORMAT,
+    shard_size: int = SHARD_SIZE,
+    resume: bool = RESUME,
+    ray: bool = RAY,
+    gpus_per_worker: float = GPUS_PER_WORKER,
 ) -> None:
-    from rlcli.core.images import IMAGE_SUFFIXES
     from rlcli.core.inference import RunOptions
-    from rlcli.core.inputs import expand_inputs
+    from rlcli.errors import UsageError
     from rlcli.tasks.classify import PreprocessOverrides, classify, load_classifier
 
     fmt = choose_format(json_out, csv_out)
+    check_batch_options(ray=ray, output=output, resume=resume, stdout_format=fmt.value)
+    if not images and from_list is None:
+        raise UsageError("give images (files, folders, globs, or - for stdin), or --from-list FILE")
     overrides = PreprocessOverrides(resize, crop, parse_floats(mean, "--mean"), parse_floats(std, "--std"))
-    clf = load_classifier(
-        model, weights, classes_file=classes, device=device.value, dtype=dtype.value, overrides=overrides
-    )
-    stdin = sys.stdin if "-" in images else None
-    inputs = expand_inputs(images, suffixes=IMAGE_SUFFIXES, stdin_lines=stdin, what="images")
+    settings = {"model": model, "weights": weights, "classes_file": classes, "dtype": dtype.value}
+    clf = load_classifier(**settings, device="cpu" if ray else device.value, overrides=overrides)
+    inputs = read_image_inputs(list(images or []), from_list, list_column)
+    if output is not None:
+        from rlcli.tasks.batch import ImageJob
+
+        job = ImageJob("classify", {**settings, "device": device.value}, overrides, top_k)
+        run_image_batch(
+            job,
+            clf,
+            inputs,
+            output=output,
+            shard_format=shard_format,
+            shard_size=shard_size,
+            resume=resume,
+            ray=ray,
+            workers=workers,
+            gpus_per_worker=gpus_per_worker,
+            batch_size=batch_size,
+            draft=draft,
+            verb="classified",
+        )
+        return
     writer = prediction_writer(fmt, inputs, clf.class_names)
     failed = 0
     with progress_bar(len(inputs) > 1) as report:

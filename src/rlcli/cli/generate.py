@@ -5,11 +5,13 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from enum import Enum
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
 
-from rlcli.cli._common import Device, note, print_json, stdout_is_terminal, warn
+from rlcli.cli._common import STATE, Device, note, print_json, report_problem, stdout_is_terminal, warn
+from rlcli.errors import UsageError
 
 if TYPE_CHECKING:
     from rlcli.tasks.generate import GenerationResult, Sample
@@ -39,6 +41,12 @@ Examples:
   rl generate -m ./my-gpt2 --temperature 0 --stop "\\n\\n" "Q: What is SWA?\\nA:"
   rl generate --num-samples 3 --json "Once upon a time" | jq -r '.samples[].text'
   rl generate --dtype int8 --stats "The meaning of life is"
+  rl generate --prompts prompts.jsonl -o out.jsonl --temperature 0 --ray --workers 4
+
+--prompts FILE.jsonl runs many prompts ({"prompt": "...", "id": ...} per line; id defaults to the line number),
+the model loaded once, and writes one JSON line per prompt, in the file's order: id, text, tokens (the new token
+ids) and finish_reason, or id and error. With --ray the prompts are spread over --workers actors on a Ray cluster
+(RAY_ADDRESS, else a local instance), --batch-size prompts per task.
 """
 
 
@@ -83,6 +91,15 @@ def generate_command(
     stream: bool | None = typer.Option(None, "--stream/--no-stream", help="Stream tokens (default: on a terminal)."),
     stats: bool = typer.Option(False, "--stats", help="Print token counts and speed to stderr."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON document with ids and log-probs."),
+    prompts: Path | None = typer.Option(None, "--prompts", help="JSON Lines of prompts: one result line each."),
+    output: Path | None = typer.Option(
+        None, "--output", "-o", help="With --prompts: write the results here (default: stdout)."
+    ),
+    force: bool = typer.Option(False, "--force", help="Replace --output if it exists."),
+    ray: bool = typer.Option(False, "--ray", help="With --prompts: run on a Ray cluster (pip install 'rlcli[ray]')."),
+    workers: int = typer.Option(1, "--workers", "-j", min=1, help="With --ray: model actors."),
+    gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", min=0, help="With --ray: GPUs per actor."),
+    batch_size: int = typer.Option(8, "--batch-size", "-b", min=1, help="With --ray: prompts per task."),
 ) -> None:
     from rlcli.tasks.generate import Generator, SamplingOptions, default_model, load_language_model
 
@@ -98,6 +115,18 @@ def generate_command(
         ignore_eos=ignore_eos,
     )
     options.validate()
+    if prompts is None and (output is not None or ray):
+        raise UsageError("-o and --ray go with --prompts FILE (one prompt per line)")
+    if prompts is not None:
+        if prompt is not None or num_samples != 1 or json_out or echo:
+            raise UsageError("--prompts writes one JSON line per prompt: no PROMPT, --num-samples, --json or --echo")
+        if model is None:
+            model, why = default_model()
+            if why:
+                note(why)
+        run_prompts(prompts, output, force, model, dtype.value, device.value, options, ray, workers, gpus_per_worker,
+                    batch_size)  # fmt: skip
+        return
     text = read_prompt(prompt)
     if model is None:
         model, why = default_model()
@@ -123,6 +152,57 @@ def generate_command(
     if result.interrupted:
         sys.stdout.flush()
         raise KeyboardInterrupt
+
+
+def run_prompts(path, output, force, model, dtype, device, options, ray, workers, gpus_per_worker, batch_size) -> None:
+    """--prompts: one row per prompt, in the file's order, to -o (written in one step) or stdout."""
+    import json
+
+    from rlcli.cli._batch import finish, progress_reporter
+    from rlcli.core.files import check_output_file
+    from rlcli.tasks.batch import (
+        GenerateJob,
+        Progress,
+        RayOptions,
+        generate_locally,
+        generate_on_ray,
+        import_ray,
+        read_prompts,
+        write_jsonl,
+    )
+
+    if ray:
+        import_ray()
+    if output is not None:
+        check_output_file(output, force=force)
+    lines = read_prompts(path)
+    job = GenerateJob(model, dtype, device, options)
+    rows: dict[int, dict] = {}
+    progress = Progress(len(lines), report=progress_reporter("generated"))
+
+    def sink(position: int, row: dict) -> None:
+        if position in rows:
+            return  # a task Ray ran again after a worker died
+        rows[position] = row
+        if row.get("error") is not None:
+            report_problem(f"prompt {row['id']}", row["error"])
+        progress.count(row.get("error") is not None)
+
+    if ray:
+        from rlcli.tasks.generate import resolve_model_folder
+
+        resolve_model_folder(model)  # a model that is nowhere is one error here, not one per worker
+        generate_on_ray(job, lines, RayOptions(workers, gpus_per_worker, batch_size, quiet=not STATE.debug), sink)
+    else:
+        generate_locally(job, job.load(), lines, sink)
+    ordered = [rows[i] for i in range(len(lines))]
+    if output is not None:
+        write_jsonl(output, ordered, overwrite=force)
+    else:
+        sys.stdout.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in ordered)
+        sys.stdout.flush()
+    failed = sum(row.get("error") is not None for row in ordered)
+    finish(progress, len(ordered), failed, 0, output or Path("stdout"))
 
 
 def read_prompt(prompt: str | None) -> str:

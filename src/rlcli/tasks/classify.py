@@ -16,7 +16,7 @@ from pathlib import Path
 
 from rlcli.core.checkpoints import SAFETENSORS_SUFFIX, TORCH_SUFFIXES, CheckpointInfo
 from rlcli.core.devices import resolve_device, resolve_dtype
-from rlcli.core.images import Preprocess
+from rlcli.core.images import ImageBatch, Preprocess
 from rlcli.core.inference import InferenceModel, RunOptions, forward_batches
 from rlcli.core.inputs import Input, Problem
 from rlcli.errors import CheckpointError, RlError, UsageError
@@ -147,24 +147,29 @@ def classify(
     """Top-k predictions (softmax probabilities) per image, and a Problem per unreadable input, in input order."""
     if top_k < 1:
         raise UsageError("--top-k must be at least 1")
-    k = min(top_k, len(clf.class_names))
     for batch, logits in forward_batches(clf.runner, inputs, options or RunOptions()):
-        results: list[Prediction | Problem] = list(batch.problems)
-        if logits is not None:
-            _check_scores(logits, clf)
-            probabilities, indices = logits.softmax(dim=-1).topk(k, dim=-1)
-            for row, (position, path) in enumerate(zip(batch.positions, batch.paths, strict=True)):
-                chosen = indices[row].tolist()
-                results.append(
-                    Prediction(
-                        path=path,
-                        position=position,
-                        indices=chosen,
-                        labels=[clf.class_names[i] for i in chosen],
-                        probabilities=probabilities[row].tolist(),
-                    )
+        yield from predictions(clf, batch, logits, top_k)
+
+
+def predictions(clf: Classifier, batch: ImageBatch, logits, top_k: int) -> list[Prediction | Problem]:
+    """One batch's predictions and problems, in input order (the local runner and ``tasks.batch``'s workers)."""
+    k = min(top_k, len(clf.class_names))
+    results: list[Prediction | Problem] = list(batch.problems)
+    if logits is not None:
+        _check_scores(logits, clf)
+        probabilities, indices = logits.softmax(dim=-1).topk(k, dim=-1)
+        for row, (position, path) in enumerate(zip(batch.positions, batch.paths, strict=True)):
+            chosen = indices[row].tolist()
+            results.append(
+                Prediction(
+                    path=path,
+                    position=position,
+                    indices=chosen,
+                    labels=[clf.class_names[i] for i in chosen],
+                    probabilities=probabilities[row].tolist(),
                 )
-        yield from sorted(results, key=lambda r: r.position)
+            )
+    return sorted(results, key=lambda r: r.position)
 
 
 def _check_scores(logits, clf: Classifier) -> None:
