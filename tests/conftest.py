@@ -37,6 +37,22 @@ def rl(capsys, monkeypatch):
     return run
 
 
+# --- result cache (issue 17): never the real ~/.cache ----------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def result_cache_in_tmp(tmp_path_factory, monkeypatch):
+    """`rl summary` and `rl compare` keep results in rl's cache folder: in tests, a fresh temporary one per test
+    (XDG_CACHE_HOME itself is left alone: the Hugging Face and torch hub caches are found through it)."""
+    try:
+        from rlcli.core import resultcache
+    except ImportError:  # an rl from before the cache
+        return None
+    folder = tmp_path_factory.mktemp("result-cache")
+    monkeypatch.setattr(resultcache, "cache_folder", lambda: folder)
+    return folder
+
+
 def check_golden(name: str, text: str, update: bool = False) -> None:
     """Compare with tests/golden/NAME; RL_UPDATE_GOLDEN=1 rewrites the file instead."""
     import os

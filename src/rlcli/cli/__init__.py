@@ -15,7 +15,7 @@ import warnings
 import typer
 
 from rlcli import __version__
-from rlcli.cli import _common, classify, compare, generate, models, multilabel, summary, swa_merge
+from rlcli.cli import _common, cache, classify, compare, generate, models, multilabel, summary, swa_merge
 
 HELP = """Inspect and run the classic networks of a deep-learning reading list.
 
@@ -67,6 +67,7 @@ generate.register(app)
 classify.register(app)
 multilabel.register(app)
 compare.register(app)
+cache.register(app)
 
 
 class _PipeClosed(BaseException):

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from rlcli.core.images import Preprocess
 from rlcli.models.catalog import FigureCheck, check_figure
+
+if TYPE_CHECKING:  # a type only: the cards load without torch, so that a cached summary renders without it
+    from rlcli.core.images import Preprocess
 
 INPUT_KINDS = ("image", "video", "tokens", "tensor")
 
