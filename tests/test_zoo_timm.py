@@ -92,6 +92,23 @@ def test_names_with_and_without_tag_take_the_tags_input_and_timms_published_figu
     assert (preprocess.resize, preprocess.crop, preprocess.interpolation) == (235, 224, "bicubic")  # crop_pct .95
 
 
+def test_a_tag_without_class_names_keeps_timms_preprocessing():
+    """mvitv2's inw21k head has 19,168 unnamed classes: its transform is still timm's (bicubic, crop_pct 0.9)."""
+    from rlcli.models.registry import get_spec
+
+    card = get_spec("timm/mvitv2_base_cls.fb_inw21k").card
+    assert card.classes is None
+    assert (card.preprocess.resize, card.preprocess.crop, card.preprocess.interpolation) == (248, 224, "bicubic")
+
+
+def test_an_input_with_other_channels_builds_timms_in_chans_model():
+    result = summarize("timm/resnet18", input_size="1x160x160", depth=0)
+    reference = timm_on_meta("resnet18", in_chans=1)
+    assert result.input_size == [1, 160, 160]
+    assert result.params == sum(p.numel() for p in reference.parameters())
+    assert result.macs == flop_counter_macs(reference, (1, 160, 160))
+
+
 def test_summary_json_of_a_timm_model(rl):
     result = rl("summary", "timm/efficientnet_b0", "--json", "--depth", "1")
     assert result.code == 0, result.stderr

@@ -86,7 +86,7 @@ def timm_spec(name: str) -> ModelSpec:
         task="image-classification" if cfg.get("num_classes") else "feature-extraction",
         default_input=default_input,
         input_kind="image",
-        preprocess=preprocess_from_data_config(_data_config(timm, cfg)) if classes is not None else None,
+        preprocess=preprocess_from_data_config(_data_config(timm, cfg)) if cfg.get("num_classes") else None,
         classes=classes,
         paper=TIMM_RESULTS if published else None,
         published=published,
@@ -126,10 +126,13 @@ def _builder(full: str, cfg: dict[str, Any]):
     def build(input_size: tuple[int, ...] | None, **kwargs: Any):
         import timm
 
-        # Models with a fixed input (a ViT's position table, Swin's windows) are built for the size they will see.
+        # Models with a fixed input (a ViT's position table, Swin's windows) are built for the size they will see,
+        # and every model for the channels it will see (timm's in_chans).
         if fixed and input_size and tuple(input_size[1:]) != tuple(default[1:]) and "img_size" not in kwargs:
             height, width = input_size[1:]
             kwargs["img_size"] = height if height == width else (height, width)
+        if input_size and input_size[0] != default[0] and "in_chans" not in kwargs:
+            kwargs["in_chans"] = input_size[0]
         return timm.create_model(full, pretrained=False, **kwargs)
 
     return build
@@ -266,7 +269,7 @@ def cached_timm_model(spec: ModelSpec) -> CachedTimmModel:
     try:
         json.loads(config.read_text(encoding="utf-8"))  # a readable error for a broken file, before timm reads it
         net = build_on_meta(lambda: timm.create_model(f"local-dir:{snapshot}", pretrained=False))
-    except (OSError, ValueError, RuntimeError, TypeError, KeyError) as exc:
+    except (OSError, ValueError, RuntimeError, TypeError, KeyError, AssertionError) as exc:
         raise CheckpointError(f"{config}: not a timm model config ({type(exc).__name__}: {exc})") from None
     data_config = timm.data.resolve_data_config(model=net)
     preprocess = preprocess_from_data_config(data_config)
