@@ -4,6 +4,8 @@ transformers' own parameter count and torch's FlopCounterMode on transformers' m
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -122,3 +124,23 @@ def test_without_transformers_installed_the_error_names_the_extra(rl, monkeypatc
     result = rl("summary", f"hf/{folder}")
     assert result.code == 1
     assert result.stderr == "error: an hf/ model needs the transformers package: pip install 'rlcli[hf]'\n"
+
+
+COMPLETION = """
+import atexit, sys
+atexit.register(lambda: sys.stderr.write("TORCH-IMPORTED" if "torch" in sys.modules else "TORCH-FREE"))
+sys.argv = ["rl"]
+from rlcli.cli import main
+main()
+"""
+
+
+def test_completion_offers_the_caches_repositories_without_importing_torch(tmp_path):
+    cache_config(tmp_path / "hub", "google-bert/bert-base-uncased", transformers.BertConfig())
+    cache_config(tmp_path / "hub", "openai-community/gpt2", transformers.GPT2Config())
+    words = "rl summary hf/goo"
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "_RL_COMPLETE": "complete_bash"}
+    env |= {"COMP_WORDS": words, "COMP_CWORD": "2"}
+    done = subprocess.run([sys.executable, "-c", COMPLETION], capture_output=True, text=True, env=env, timeout=60)
+    assert done.stdout.split() == ["hf/google-bert/bert-base-uncased"]
+    assert done.stderr.endswith("TORCH-FREE")
