@@ -192,3 +192,34 @@ def test_split_is_seeded_and_stated(scenes):
     assert not set(a_val.images) & set(a_train.images)
     assert "held-out 32 images" in a_val.source
     assert isinstance(a_val.images[0], Path)
+
+
+def test_backbone_from_the_torch_hub_cache_or_a_file(tmp_path, monkeypatch):
+    import torchvision
+
+    from rlcli.tasks.multilabel_train import build_model, initialise_backbone
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    net, _ = build_model(settings(arch="csra_resnet18", image_size=64), 3)
+    assert "from scratch" in initialise_backbone(net, "csra_resnet18", None)
+    folder = tmp_path / "torch" / "hub" / "checkpoints"
+    folder.mkdir(parents=True)
+    reference = torchvision.models.resnet18()
+    url = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url
+    torch.save(reference.state_dict(), folder / url.rsplit("/", 1)[-1])
+    said = initialise_backbone(net, "csra_resnet18", None)
+    assert "ImageNet weights" in said and "120 of the backbone's 120 tensors" in said
+    assert torch.equal(net.layer4[1].conv2.weight, reference.layer4[1].conv2.weight)
+
+    # a ViT file at 224 px (timm's original layout, with its ImageNet head) for a ViT at 64 px: positions resized
+    vit, _ = build_model(settings(arch="csra_vit_b16", image_size=64), 3)
+    state = {k: torch.randn_like(v) for k, v in vit.state_dict().items() if not k.startswith("classifier.")}
+    state["pos_embed"] = torch.randn(1, 197, 768)
+    state["head.weight"], state["head.bias"] = torch.randn(1000, 768), torch.randn(1000)
+    torch.save(state, tmp_path / "vit.pth")
+    said = initialise_backbone(vit, "csra_vit_b16", tmp_path / "vit.pth")
+    assert "150 of the backbone's 150 tensors" in said
+    assert vit.pos_embed.shape == (1, 17, 768) and torch.equal(vit.pos_embed[0, 0], state["pos_embed"][0, 0])
+    grid = state["pos_embed"][:, 1:].reshape(1, 14, 14, 768).permute(0, 3, 1, 2)
+    expected = torch.nn.functional.interpolate(grid, size=(4, 4), mode="bicubic", align_corners=False)
+    torch.testing.assert_close(vit.pos_embed[0, 1:], expected[0].flatten(1).T)

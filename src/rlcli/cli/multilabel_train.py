@@ -128,7 +128,7 @@ def train_command(
             mark = "  best: written" if epoch.best else ""
             note(
                 f"epoch {epoch.epoch}/{settings.epochs}: loss {epoch.loss:.4f}, val mAP {100 * epoch.val_mAP:.2f} "
-                f"({epoch.seconds:.1f} s){mark}"
+                f"({epoch.seconds:.2f} s){mark}"
             )
 
         try:

@@ -469,7 +469,7 @@ class _Trainer:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total, count = total + float(loss) * len(inputs), count + len(inputs)
+            total, count = total + float(loss.detach()) * len(inputs), count + len(inputs)
             self.hooks.on_batch(epoch + 1, step + 1, steps, total / count)
         return total / max(count, 1)
 
