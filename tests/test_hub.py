@@ -261,6 +261,9 @@ def test_models_cached_lists_what_rl_runs_with_sizes(rl, tmp_path, monkeypatch):
     rows = table.stdout.splitlines()
     assert any(r.startswith("timm/resnet18.a1_in1k ") and "summary, classify" in r for r in rows)
     assert any("resnet18-f37072fd.pth" in r and "classify -m resnet18 -w FILE" in r for r in rows)
+    everything = rl("models", "--cached").stdout
+    assert "summary, generate (openai-community/gpt2)" in everything  # rl generate takes the repository's name
+    assert "Not listed: 1 repository without a config.json rl reads." in everything
 
 
 def test_models_cached_does_not_import_torch(tmp_path):

@@ -139,16 +139,21 @@ def print_cached(pattern: str | None, fmt) -> None:
     rows = [[m.name, m.cache, size_bytes(m.size_bytes), _commands(m)] for m in models]
     footer = [
         f"{len(models)} models. Hugging Face cache {found.hf_cache}; torch hub checkpoints {found.torch_checkpoints}.",
-        *([f"Not listed: {len(found.skipped)} repositories without a config.json rl reads."] if found.skipped else []),
+        *([f"Not listed: {_repositories(len(found.skipped))} without a config.json rl reads."] * bool(found.skipped)),
         *found.warnings,
     ]
     print_table(columns, rows, footer=footer)
 
 
+def _repositories(count: int) -> str:
+    return f"{count} repository" if count == 1 else f"{count} repositories"
+
+
 def _commands(model) -> str:
     if model.cache == "torch":
         return f"classify -m {model.architecture or 'ARCH'} -w FILE"
-    return ", ".join(model.commands)
+    # rl generate reads GPT-2 weights by repository name, without the hf/ prefix of summary's transformers model
+    return ", ".join(f"generate ({model.location})" if c == "generate" else c for c in model.commands)
 
 
 def paper_checks(entry) -> dict:
