@@ -223,3 +223,37 @@ def test_backbone_from_the_torch_hub_cache_or_a_file(tmp_path, monkeypatch):
     grid = state["pos_embed"][:, 1:].reshape(1, 14, 14, 768).permute(0, 3, 1, 2)
     expected = torch.nn.functional.interpolate(grid, size=(4, 4), mode="bicubic", align_corners=False)
     torch.testing.assert_close(vit.pos_embed[0, 1:], expected[0].flatten(1).T)
+
+
+def test_voc_folder_end_to_end_with_a_frozen_backbone(rl, tmp_path):
+    """A VOC-style folder (difficult objects marked) trained with --freeze-backbone; the features are cached."""
+    from multilabel_shapes import draw_scene
+
+    rng = __import__("random").Random(0)
+    voc = tmp_path / "VOC"
+    for sub in ("Annotations", "ImageSets/Main", "JPEGImages"):
+        (voc / sub).mkdir(parents=True)
+    ids = {"trainval": [], "test": []}
+    for index in range(30):
+        image, boxes = draw_scene(rng)
+        image_id = f"{index:06d}"
+        image.save(voc / "JPEGImages" / f"{image_id}.jpg", quality=95)
+        objects = "".join(
+            f"<object><name>{name}</name><difficult>{int(index % 7 == 0)}</difficult></object>" for name in boxes
+        )
+        (voc / "Annotations" / f"{image_id}.xml").write_text(f"<annotation>{objects}</annotation>")
+        ids["test" if index % 5 == 0 else "trainval"].append(image_id)
+    for split, names in ids.items():
+        (voc / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(names) + "\n")
+    out = tmp_path / "voc.pt"
+    arguments = ["multilabel", "train", str(voc), "--val-split", "test", "-o", str(out), "--freeze-backbone",
+                 "--epochs", "2", "--cache-dir", str(tmp_path / "cache"), *FAST]  # fmt: skip
+    result = rl(*arguments)
+    assert result.code == 0, result.stderr
+    assert "24 training images, 6 validation images, 4 classes" in result.stderr
+    assert "epoch 2/2: loss" in result.stderr and "backbone features computed" in result.stderr
+    assert result.stdout.startswith("best epoch ")
+    again = rl(*arguments, "--force")
+    assert again.code == 0 and "backbone features computed" not in again.stderr  # read from the cache
+    clf, settings = load_csra(str(out), device="cpu")
+    assert clf.class_names == sorted(CLASSES) and settings.arch == "csra_tiny"
