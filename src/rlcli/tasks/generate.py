@@ -22,6 +22,7 @@ from rlcli.core.checkpoints import load_checkpoint, load_into
 from rlcli.core.devices import QUANTIZED, compute_dtype, fastest_dtype, resolve_device
 from rlcli.core.hub import HUB_ALIASES, find_hf_snapshot, hf_hub_cache
 from rlcli.core.meta import build_on_meta
+from rlcli.core.packing import packing_available
 from rlcli.core.resources import check_fits_in_memory
 from rlcli.core.text import END_OF_TEXT, load_tokenizer
 from rlcli.errors import CheckpointError, RlError, UsageError
@@ -35,6 +36,7 @@ from rlcli.models.language.gpt2 import (
     KVCache,
     cache_dtype,
     from_hf_state_dict,
+    pack_linears,
     quantize_int8,
 )
 
@@ -143,7 +145,9 @@ def load_language_model(name: str, *, dtype: str = "float32", device: str = "aut
             f"{folder}: the tokenizer has {tokenizer.get_vocab_size()} tokens but the model's vocabulary has "
             f"{config.vocab_size}: they do not belong together"
         )
-    model = load_gpt2_weights(folder, config, torch_dtype, int8=dtype in QUANTIZED).to(device=target).eval()
+    int8 = dtype in QUANTIZED
+    pack = not int8 and packing_available(target, torch_dtype)
+    model = load_gpt2_weights(folder, config, torch_dtype, int8=int8, pack=pack).to(device=target).eval()
     eos = tokenizer.token_to_id(END_OF_TEXT)
     return LanguageModel(
         name=name,
@@ -175,16 +179,17 @@ def read_gpt2_config(folder: Path) -> GPT2Config:
 
 
 def load_gpt2_weights(
-    folder: Path, config: GPT2Config, dtype: torch.dtype = torch.float32, *, int8: bool = False
+    folder: Path, config: GPT2Config, dtype: torch.dtype = torch.float32, *, int8: bool = False, pack: bool = False
 ) -> GPT2:
     """The model of ``folder`` computing in ``dtype``; with ``int8``, its linear layers quantised from the float
-    checkpoint read in float32 (``quantize_int8``)."""
+    checkpoint read in float32 (``quantize_int8``); with ``pack``, its linear layers on weights reordered for
+    oneDNN's CPU kernels (``pack_linears``; bfloat16 on the CPU, ``core.packing.packing_available``)."""
     weights = next((folder / f for f in WEIGHT_FILES if (folder / f).is_file()), None)
     if weights is None:
         raise CheckpointError(f"{folder}: no weights (looked for {', '.join(WEIGHT_FILES)})")
     tied = config.tie_word_embeddings
     state = from_hf_state_dict(load_checkpoint(weights, dtype=torch.float32 if int8 else dtype).state_dict, tied=tied)
-    if not int8:
+    if not int8 and not pack:
         arrange_for_blas(state, "transformer.wte.weight" if tied else "lm_head.weight", dtype)
     model = build_on_meta(lambda: GPT2(config))  # no initialisation work: every tensor comes from the file
     if tied:
@@ -195,6 +200,9 @@ def load_gpt2_weights(
     if int8:
         del state  # the float tensors go as their layers are replaced
         quantize_int8(model, dtype)
+    elif pack:
+        del state
+        pack_linears(model)
     return model
 
 
