@@ -83,7 +83,15 @@ def by_path(rows):
 
 
 def local_json(rl, command, *args):
-    result = rl(command, *args, "--json", "-j", "0")
+    """The local command's rows, run as a Ray actor runs the model: torch on one thread (Ray gives an actor as many
+    threads as CPUs, one here). A reduction split over another number of threads may round differently in the
+    last bit, which a 6-decimal score can show."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = rl(command, *args, "--json", "-j", "0")
+    finally:
+        torch.set_num_threads(threads)
     return result, [json.loads(line) for line in result.stdout.splitlines()]
 
 
@@ -114,6 +122,23 @@ def test_ray_classify_equals_the_local_output_row_for_row(rl, ray_instance, clas
     weights = classifier[classifier.index("-w") + 1]
     assert manifest["weights_sha256"] == hashlib.sha256(Path(weights).read_bytes()).hexdigest()
     assert "14 inputs: 12 succeeded, 2 failed" in result.stderr
+
+
+def test_ray_multilabel_equals_the_local_output(rl, ray_instance, images, tmp_path):
+    from test_multilabel import official_checkpoint
+
+    weights = tmp_path / "resnet18_voc07_head1_lam0.1.pth"
+    official_checkpoint(weights, heads=1)
+    args = [str(images), "-w", str(weights), "--top-k", "3", "--resize", "64", "-b", "4"]
+    local, expected = local_json(rl, "multilabel", *args)
+    out = tmp_path / "out"
+    result = rl("multilabel", *args, "-o", str(out), "--ray", "--format", "parquet")
+    assert (local.code, result.code) == (1, 1), result.stderr
+    rows = shard_rows(out, "parquet")
+    assert len(rows) == 14
+    good = [{"path": r["path"], "labels": r["labels"]} for r in rows if r["error"] is None]
+    assert by_path(good) == by_path(expected)
+    assert error_lines(result.stderr) == error_lines(local.stderr)
 
 
 @pytest.fixture(scope="module")

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
 from typer.core import TyperCommand
 
+from rlcli.cli._batch import (
+    FROM_LIST,
+    GPUS_PER_WORKER,
+    LIST_COLUMN,
+    RAY,
+    RESUME,
+    SHARD_FORMAT,
+    SHARD_SIZE,
+    ShardFormat,
+    check_batch_options,
+    read_image_inputs,
+    run_image_batch,
+)
 from rlcli.cli._common import (
     Column,
     Device,
@@ -97,7 +109,10 @@ def multilabel_command(
         False, "--tune-thresholds", help="With --labels: each class's best-F1 threshold, written with -o."
     ),
     output: Path | None = typer.Option(
-        None, "--output", "-o", help="--tune-thresholds: the checkpoint to write (the weights plus thresholds)."
+        None,
+        "--output",
+        "-o",
+        help="A folder of shards and a manifest.json; with --tune-thresholds, the checkpoint to write.",
     ),
     force: bool = typer.Option(False, "--force", help="Replace --output if it exists."),
     batch_size: int = typer.Option(16, "--batch-size", "-b", min=1, help="Images per forward pass."),
@@ -114,11 +129,16 @@ def multilabel_command(
     ),
     json_out: bool = typer.Option(False, "--json", help="JSON Lines per image (a document with --labels)."),
     csv_out: bool = typer.Option(False, "--csv", help="CSV: one row per image and label."),
+    from_list: Path | None = FROM_LIST,
+    list_column: str = LIST_COLUMN,
+    shard_format: ShardFormat = SHARD_FORMAT,
+    shard_size: int = SHARD_SIZE,
+    resume: bool = RESUME,
+    ray: bool = RAY,
+    gpus_per_worker: float = GPUS_PER_WORKER,
 ) -> None:
     from rlcli.core.files import ensure_output_folder
-    from rlcli.core.images import IMAGE_SUFFIXES
     from rlcli.core.inference import RunOptions
-    from rlcli.core.inputs import expand_inputs
     from rlcli.errors import UsageError
     from rlcli.tasks.classify import PreprocessOverrides
     from rlcli.tasks.multilabel import check_selection, load_csra, read_labels, recognise
@@ -128,14 +148,16 @@ def multilabel_command(
         weights, model = Path(model), None  # `--model trained.pt`: a checkpoint that names its architecture
     if weights is None:
         raise UsageError("give the checkpoint: -w FILE (or --model FILE for one that names its architecture)")
-    if not images and labels is None:
-        raise UsageError("give images, or --labels FILE to evaluate on the images it lists")
+    if not images and labels is None and from_list is None:
+        raise UsageError("give images, --from-list FILE, or --labels FILE to evaluate on the images it lists")
     check_selection(threshold, top_k)
     if tune_thresholds and (labels is None or output is None):
         raise UsageError("--tune-thresholds needs --labels FILE (the tuning set) and -o FILE (where to write them)")
-    if output is not None and not tune_thresholds:
-        raise UsageError("-o/--output is where --tune-thresholds writes its checkpoint: give --tune-thresholds")
-    if output is not None:
+    shards = output if not tune_thresholds else None  # -o DIR: predictions in shards (rlcli.tasks.batch)
+    check_batch_options(ray=ray, output=shards, resume=resume, stdout_format=fmt.value)
+    if shards is not None and (labels is not None or cam is not None):
+        raise UsageError("-o DIR writes labels; --labels and --cam run without it (or -o FILE with --tune-thresholds)")
+    if output is not None and tune_thresholds:
         from rlcli.core.files import check_output_file
 
         check_output_file(output, force=force)
@@ -159,8 +181,28 @@ def multilabel_command(
     chosen = threshold if threshold is not None else list(settings.thresholds) if settings.thresholds else 0.5
     truth = read_labels(labels, clf.class_names) if labels else None
     arguments = list(images or []) or [str(p) for p in (truth or {})]
-    stdin = sys.stdin if "-" in arguments else None
-    inputs = expand_inputs(arguments, suffixes=IMAGE_SUFFIXES, stdin_lines=stdin, what="images")
+    inputs = read_image_inputs(arguments, from_list, list_column)
+    if shards is not None:
+        from rlcli.tasks.batch import ImageJob
+
+        loader = {"weights": str(weights), "model": model, "lam": lam, "classes": classes, "dtype": dtype.value}
+        job = ImageJob("multilabel", {**loader, "device": device.value}, overrides, top_k, chosen)
+        run_image_batch(
+            job,
+            clf,
+            inputs,
+            output=shards,
+            shard_format=shard_format,
+            shard_size=shard_size,
+            resume=resume,
+            ray=ray,
+            workers=workers,
+            gpus_per_worker=gpus_per_worker,
+            batch_size=batch_size,
+            draft=draft,
+            verb="recognised",
+        )
+        return
     options = RunOptions(batch_size=batch_size, workers=default_workers() if workers is None else workers, draft=draft)
     writer = label_writer(fmt, inputs) if truth is None else None
     collected: list[tuple[list[float], Truth]] = []

@@ -468,9 +468,12 @@ def decode_images(batch: dict, preprocess, draft: bool) -> dict:
 
     from rlcli.core.images import _ImageDataset
 
-    paths = [Path(p) for p in batch["file"]]  # absolute: a worker's working folder is not the driver's
-    dataset = _ImageDataset(paths, preprocess, draft)
-    n, crop = len(paths), preprocess.crop
+    items = [
+        Problem(str(path), str(problem)) if problem else Path(file)
+        for path, file, problem in zip(batch["path"], batch["file"], batch["problem"], strict=True)
+    ]
+    dataset = _ImageDataset(items, preprocess, draft)
+    n, crop = len(items), preprocess.crop
     pixels = np.zeros((n, 3, crop, crop), dtype=np.float32)
     ok, reasons, sizes = np.zeros(n, dtype=bool), [""] * n, np.zeros((n, 2), dtype=np.int64)
     for i in range(n):
@@ -544,43 +547,49 @@ def run_images_on_ray(
 ) -> None:
     """Decoding as Ray Data tasks, the model in a pool of ``options.workers`` actors; rows stream back to ``sink``.
 
-    Inputs that were problems before any reading (a missing file) go straight to ``sink``.
+    The inputs are cut into the batches the local runner would form (``batch_size`` consecutive inputs, problems
+    included), one Ray block each, and each block stays one batch through decoding and the model: a convolution
+    may round differently for another batch size, and the rows must equal the local run's.
     """
-    items = []
-    for position in positions:
-        item = inputs[position]
-        if isinstance(item, Problem):
-            sink(position, {"path": item.path, "error": item.reason})
-        else:
-            items.append({"input": position, "path": str(item), "file": os.path.abspath(item)})
-    if not items:
-        return
+    import pyarrow as pa
+
     ray = connect_ray(options.quiet)
     check_cluster(ray, options, decoding=True)
-    blocks = max(1, -(-len(items) // options.batch_size))
-    dataset = ray.data.from_items(items, override_num_blocks=blocks)
+    items = [_image_item(position, inputs[position]) for position in positions]
+    size = options.batch_size
+    blocks = [pa.Table.from_pylist(items[start : start + size]) for start in range(0, len(items), size)]
+    if not blocks:
+        return
+    dataset = ray.data.from_arrow(blocks)
     # Each decoding task reserves the memory of its batch of pixels; being unlike the actors' request, that also
     # keeps Ray from fusing decoding into the model actors, so decoding scales over every node's CPUs while the
     # actors hold the model.
     dataset = dataset.map_batches(
         decode_images,
         fn_kwargs={"preprocess": preprocess, "draft": options.draft},
-        batch_size=options.batch_size,
+        batch_size=None,
         batch_format="numpy",
         num_cpus=1,
-        memory=_decoding_bytes(preprocess, options.batch_size),
+        memory=_decoding_bytes(preprocess, size),
     )
     device = "cuda" if options.gpus_per_worker > 0 else "cpu"
     dataset = dataset.map_batches(
         ImageWorker,
         fn_constructor_kwargs={"job": job, "device": device, "exit_once": os.environ.get(EXIT_ONCE_ENV)},
         compute=ray.data.ActorPoolStrategy(size=options.workers),
-        batch_size=options.batch_size,
+        batch_size=None,
         batch_format="numpy",
         num_cpus=1,
         num_gpus=options.gpus_per_worker or None,
     )
     _drain(dataset, sink)
+
+
+def _image_item(position: int, item: Input) -> dict[str, Any]:
+    if isinstance(item, Problem):  # found before any reading (a missing file): its error travels with its batch
+        return {"input": position, "path": item.path, "file": "", "problem": item.reason}
+    # Absolute: a worker's working folder is not the driver's.
+    return {"input": position, "path": str(item), "file": os.path.abspath(item), "problem": ""}
 
 
 def _decoding_bytes(preprocess, batch_size: int) -> int:
