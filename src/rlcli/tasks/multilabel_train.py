@@ -9,8 +9,8 @@ printed per epoch is the figure that command reproduces.
 With ``freeze_backbone`` the backbone runs once per image (evaluation transform, no augmentation) and its feature
 maps are cached on disk in float16; only the heads train, in seconds per epoch. Resumable state is written after
 every completed epoch; a resumed run ends with the same weights as an uninterrupted one with the same seed (on the
-same machine and thread count): the shuffling and augmentation of each epoch are seeded from (seed, epoch), and the
-schedule is a function of the step.
+same machine, with the same thread count and workers): the shuffling and augmentation of each epoch are seeded from
+(seed, epoch), and the schedule is a function of the step.
 """
 
 from __future__ import annotations
