@@ -46,7 +46,7 @@ def train_click_command():
 
 
 def train_command(
-    data: Path = typer.Argument(..., help="Labels CSV, VOC-style folder or COCO instances JSON."),
+    data: Path = typer.Argument(..., metavar="DATA", help="Labels CSV, VOC-style folder or COCO instances JSON."),
     output: Path = typer.Option(..., "--output", "-o", help="The checkpoint to write (.pt or .safetensors)."),
     val: Path | None = typer.Option(None, "--val", help="Held-out set (same forms as DATA)."),
     val_fraction: float = typer.Option(0.2, "--val-fraction", help="Share of DATA held out when --val is not given."),
