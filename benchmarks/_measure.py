@@ -1,14 +1,19 @@
 """Run a Python snippet in a fresh process and measure its wall time and its own peak RSS.
 
 The peak is the child's VmHWM from /proc, read at exit: ru_maxrss from wait4 would also count the parent's memory
-copied in by fork, before exec.
+copied in by fork, before exec. The child imports rlcli from this checkout's src/ (first on PYTHONPATH), so a
+benchmark measures the code beside it, whatever copy of rlcli is installed.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+SRC = str(Path(__file__).resolve().parent.parent / "src")
 
 _REPORT_PEAK = """
 import atexit as _atexit, sys as _sys
@@ -24,7 +29,8 @@ _atexit.register(_report_peak)
 def run_measured(code: str, *args: str) -> tuple[float, int, str]:
     """(wall seconds, peak RSS in bytes, stdout) of ``python -c code args...``; exits on failure."""
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", _REPORT_PEAK + code, *args], capture_output=True, text=True)
+    env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, "-c", _REPORT_PEAK + code, *args], capture_output=True, text=True, env=env)
     wall = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"failed: {args}\n{done.stderr[-3000:]}")
