@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -122,6 +123,7 @@ def test_ray_classify_equals_the_local_output_row_for_row(rl, ray_instance, clas
     weights = classifier[classifier.index("-w") + 1]
     assert manifest["weights_sha256"] == hashlib.sha256(Path(weights).read_bytes()).hexdigest()
     assert "14 inputs: 12 succeeded, 2 failed" in result.stderr
+    assert re.search(r"^classified 14/14 rows, [0-9.]+ rows/s, 2 failed$", result.stderr, re.MULTILINE)
 
 
 def test_ray_multilabel_equals_the_local_output(rl, ray_instance, images, tmp_path):
@@ -161,6 +163,7 @@ def test_generate_prompts_on_ray_equal_the_local_run(rl, ray_instance, tiny_lm, 
     assert ray_rows == local_rows and len(local_rows) == 6
     assert [r["id"] for r in local_rows] == ["p0", "p1", "p2", "p3", "p4", 6]
     assert local_rows[-1]["error"].startswith("line 6 is not JSON")
+    assert "6 prompts: 5 succeeded, 1 failed" in distributed.stderr
     # Each prompt's row is what a single `rl generate --temperature 0 --json` gives for it.
     single = rl("generate", "-m", str(tiny_lm), "--temperature", "0", "-n", "6", "--json", "To be")
     sample = json.loads(single.stdout)["samples"][0]
@@ -268,3 +271,26 @@ def test_without_ray_the_error_names_the_extra(rl, classifier, images, tmp_path,
 def test_the_cli_never_imports_ray_unless_asked():
     code = "import sys; from rlcli.cli import app; import rlcli.tasks.batch; assert 'ray' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_model_that_fails_on_a_worker_is_one_error_line(rl, ray_instance, images, tmp_path):
+    source = tmp_path / "badnet.py"
+    source.write_text(
+        "import torch\n"
+        "class Bad(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.fc = torch.nn.Linear(3, 2)\n"
+        "    def forward(self, x):\n"
+        "        raise ValueError('this model only works on Tuesdays')\n"
+    )
+    from safetensors.torch import save_file
+
+    weights = tmp_path / "bad.safetensors"
+    save_file({"fc.weight": torch.zeros(2, 3), "fc.bias": torch.zeros(2)}, str(weights))
+    out = tmp_path / "out"
+    result = rl("classify", str(images), "-m", f"{source}:Bad", "-w", str(weights), "-o", str(out), "--ray")
+    assert result.code == 1
+    assert result.stderr.startswith(f"error: {source}:Bad failed on a batch of ")
+    assert "ValueError: this model only works on Tuesdays" in result.stderr and result.stderr.count("\n") == 1
+    assert not (out / "manifest.json").exists()

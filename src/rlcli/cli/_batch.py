@@ -182,10 +182,11 @@ def run_sharded(
     finish(progress, manifest["rows"], manifest["failed"], len(sharded.done), output / "manifest.json")
 
 
-def finish(progress, rows: int, failed: int, skipped_shards: int, where: Path) -> None:
+def finish(progress, rows: int, failed: int, skipped_shards: int, where: Path, noun: str = "inputs") -> None:
+    """The summary line on stderr; exit 1 when any input failed."""
     resumed = f"; {skipped_shards} shards were complete already (--resume)" if skipped_shards else ""
     note(
-        f"{rows:,} inputs: {rows - failed:,} succeeded, {failed:,} failed; this run did {progress.done:,} at "
+        f"{rows:,} {noun}: {rows - failed:,} succeeded, {failed:,} failed; this run did {progress.done:,} at "
         f"{progress.rate:.1f} rows/s{resumed}; {where}"
     )
     if failed:

@@ -202,7 +202,7 @@ def run_prompts(path, output, force, model, dtype, device, options, ray, workers
         sys.stdout.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in ordered)
         sys.stdout.flush()
     failed = sum(row.get("error") is not None for row in ordered)
-    finish(progress, len(ordered), failed, 0, output or Path("stdout"))
+    finish(progress, len(ordered), failed, 0, output or Path("stdout"), noun="prompts")
 
 
 def read_prompt(prompt: str | None) -> str:

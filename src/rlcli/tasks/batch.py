@@ -414,8 +414,9 @@ def connect_ray(quiet: bool = True):
     if quiet:
         import logging
 
+        # Ray Data logs a failed task at ERROR before raising it; rl reports the failure itself, in one line.
         for name in ("ray", "ray.data"):
-            logging.getLogger(name).setLevel(logging.ERROR)
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     if not ray.is_initialized():
         import logging
 
@@ -511,6 +512,12 @@ class ImageWorker:
         self.clf = job.load(device)
 
     def __call__(self, batch: dict) -> dict:
+        try:
+            return self._run(batch)
+        except RlError as exc:
+            return _fatal(exc)
+
+    def _run(self, batch: dict) -> dict:
         import numpy as np
         import torch
 
@@ -540,6 +547,17 @@ class ImageWorker:
             "input": np.array([r.position for r in results], dtype=np.int64),
             "row": np.array([json.dumps(self.job.row(r), ensure_ascii=False) for r in results], dtype=object),
         }
+
+
+FATAL = -1  # the input number of a row that carries a worker's RlError, which ends the run
+
+
+def _fatal(exc: RlError) -> dict:
+    """An rl error inside a worker, sent back as a row: Ray would hand the driver its traceback, not its words."""
+    import numpy as np
+
+    row = json.dumps({"error": str(exc)}, ensure_ascii=False)
+    return {"input": np.array([FATAL], dtype=np.int64), "row": np.array([row], dtype=object)}
 
 
 def run_images_on_ray(
@@ -601,6 +619,8 @@ def _drain(dataset, sink: RowSink) -> None:
     try:
         for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
             for position, text in zip(batch["input"], batch["row"], strict=True):
+                if position == FATAL:
+                    raise RlError(json.loads(text)["error"])
                 sink(int(position), json.loads(text))
     except RlError:
         raise
