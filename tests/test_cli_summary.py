@@ -138,7 +138,7 @@ def test_calls_are_shown(rl):
     assert layers["heads"]["calls"] == 0  # a ModuleList never runs itself
     table = rl("summary", "tiny_models:Unrolled", "-i", "3x1x6").stdout
     header, cell = table.splitlines()[1], next(line for line in table.splitlines() if line.startswith("  cell "))
-    assert header.split() == ["Layer", "Type", "Output", "shape", "Calls", "Params", "MACs", "Share"]
+    assert header.split() == ["Layer", "Type", "Output", "shape", "Calls", "Params", "MACs", "Share", "Bytes", "MACs/B"]
     assert cell.split()[:7] == ["cell", "Linear", "[1,", "3,", "1,", "6]", "3"]
 
 
@@ -166,7 +166,7 @@ def test_a_torchscript_model_is_counted_and_its_scripted_layers_marked(rl):
     layers = {layer["name"]: layer for layer in model["layers"]}
     assert layers["features.0"]["scripted"] and layers["features.0"]["macs"] is None
     table = rl("summary", "tiny_models:scripted_tinynet", "-i", "3x8x8").stdout
-    assert re.search(r"features\.0 +Conv2d \(scripted\) +- +- +216 +- +-\n", table)
+    assert re.search(r"features\.0 +Conv2d \(scripted\) +- +- +216 +- +- +- +-\n", table)
 
 
 def test_a_forward_pass_that_reads_values_says_it_was_counted_on_the_cpu(rl):

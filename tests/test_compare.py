@@ -135,3 +135,72 @@ def test_only_image_classifiers_are_timed(rl):
     for name, task in (("gpt2", "language-model"), ("ssd300_vgg16", "detection")):
         result = rl("compare", name, "--no-time")
         assert result.code == 2 and f"{name} is a {task} model; rl compare times image classifiers" in result.stderr
+
+
+# --- issue 18: intensity, readings, Pareto rows, --dtype, --train ------------------------------------------------
+
+
+def entry(name, **figures):
+    from rlcli.tasks.compare import Entry
+
+    defaults = {"family": "f", "knob": "stock", "input_size": [3, 8, 8], "params": 1, "macs": 1, "flops": 2}
+    return Entry(name=name, **{**defaults, "activation_bytes": 0, "weight_bytes": 0, **figures})
+
+
+def test_pareto_rows_by_hand():
+    from rlcli.tasks.compare import pareto_objectives, pareto_optimal
+
+    rows = [
+        entry("fast", latency_ms=1.0, top1=70.0),
+        entry("accurate", latency_ms=3.0, top1=80.0),
+        entry("dominated", latency_ms=3.0, top1=75.0),  # "accurate" is as fast and better
+        entry("tie", latency_ms=1.0, top1=70.0),  # equal to "fast": neither dominates the other
+    ]
+    assert pareto_objectives(rows) == ["latency", "top-1"]
+    assert pareto_optimal(rows, ["latency", "top-1"]) == [True, True, False, True]
+    untimed = [entry("a", macs=10, params=5), entry("b", macs=20, params=1), entry("c", macs=20, params=6)]
+    assert pareto_objectives(untimed) == ["MACs", "params"]
+    assert pareto_optimal(untimed, ["MACs", "params"]) == [True, True, False]
+
+
+def test_reading_states_the_bound_by_the_ridge():
+    from rlcli.tasks.compare import RIDGE_MACS_PER_BYTE, reading
+
+    assert reading(entry("m", intensity=4.6), None) == "bandwidth-bound: 4.6 MACs/byte"
+    assert reading(entry("r", intensity=RIDGE_MACS_PER_BYTE * 2), None).startswith("compute-bound: ")
+    timed = entry("t", intensity=20.0, macs=2_000_000_000, latency_ms=100.0)
+    assert reading(timed, None) == "compute-bound: 20.0 MACs/byte, 20.0 GMAC/s achieved at batch 1"
+
+
+def test_cli_intensity_pareto_and_dtype(rl):
+    result = rl("compare", "resnet18", "mobilenet_v2", "--no-time", "--json")
+    assert result.code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    resnet18, mobilenet = doc["entries"]
+    summary = summarize("mobilenet_v2", depth=0)
+    assert (mobilenet["bytes_moved"], mobilenet["intensity"]) == (summary.bytes_moved, summary.intensity)
+    assert mobilenet["reading"].startswith("bandwidth-bound") and resnet18["reading"].startswith("compute-bound")
+    # Untimed, every row stock: MACs and top-1. MobileNet v2 has fewer MACs and a higher top-1 than ResNet-18.
+    assert doc["pareto_objectives"] == ["top-1", "MACs"]
+    assert (resnet18["pareto"], mobilenet["pareto"]) == (False, True)
+    table = rl("compare", "resnet18", "mobilenet_v2", "--no-time").stdout
+    assert "mobilenet_v2 *" in table and "resnet18 *" not in table and "MACs/B" in table
+    assert "Reading: mobilenet_v2: bandwidth-bound: " in table
+
+    half = json.loads(rl("compare", "resnet18", "--no-time", "--json", "--dtype", "bfloat16").stdout)
+    assert half["dtype"] == "bfloat16" and half["entries"][0]["weight_bytes"] == resnet18["weight_bytes"] // 2
+    assert rl("compare", "resnet18", "--no-time", "--dtype", "int4").code == 2
+    assert rl("compare", "resnet18", "--no-time", "--train").code == 2
+
+
+def test_cli_times_a_training_step(rl):
+    args = ["mobilenet_v3_small", "-i", "64", "--train", "--no-channels-last", "--repeats", "3", "-b", "2", "--json"]
+    result = rl("compare", *args)
+    assert result.code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["timing"]["train"] is True and doc["timing"]["channels_last"] is False
+    [timed] = doc["entries"]
+    assert timed["latency_ms"] > 0 and timed["throughput"] > 0
+    assert "GMAC/s" not in timed["reading"]  # the rate is stated for inference only
+    table = rl("compare", *args[:-1]).stdout
+    assert "a training step (training mode, forward + backward" in table and "contiguous (channels-first)" in table

@@ -63,13 +63,35 @@ def compare_command(
     no_time: bool = typer.Option(False, "--no-time", help="Skip timing (no weights are allocated then)."),
     device: Device = typer.Option(Device.cpu, "--device", help="Where to time."),
     threads: int | None = typer.Option(None, "--threads", min=1, help="CPU threads (default: torch's)."),
-    plot: Path | None = typer.Option(None, "--plot", help="Write a PNG chart (latency vs MACs, size = params)."),
+    dtype: str = typer.Option(
+        "float32",
+        "--dtype",
+        help="float32, bfloat16 or float16: the weights' and input's dtype, for the memory figures and the timing.",
+    ),
+    channels_last: bool | None = typer.Option(
+        None,
+        "--channels-last/--no-channels-last",
+        help="Time in channels-last memory format, or not (default: channels-last for the convolutional families "
+        "and models whose card asks for it).",
+    ),
+    train: bool = typer.Option(
+        False, "--train", help="Time a training step (forward in training mode + backward) instead of inference."
+    ),
+    plot: Path | None = typer.Option(
+        None, "--plot", help="Write a PNG chart (latency vs MACs, size = params, Pareto-optimal rows marked)."
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON document."),
     csv_out: bool = typer.Option(False, "--csv", help="Print CSV."),
 ) -> None:
     from rlcli.tasks.compare import Timing, compare
 
     fmt = choose_format(json_out, csv_out)
+    from rlcli.tasks.summary import DTYPES
+
+    if dtype not in DTYPES:
+        raise typer.BadParameter(f"'{dtype}': choose from {', '.join(DTYPES)}", param_hint="--dtype")
+    if train and no_time:
+        raise typer.BadParameter("--train times a training step: it needs timing (drop --no-time)")
     if plot is not None:
         from rlcli.core.files import check_output_file
 
@@ -88,6 +110,9 @@ def compare_command(
             warmup=3,
             repeats=repeats,
             batch_size=batch_size,
+            dtype=dtype,
+            channels_last=channels_last,
+            train=train,
         )
     chosen = [f.strip() for f in families.split(",") if f.strip()] if families else None
     with progress_bar() as report:
@@ -99,7 +124,11 @@ def compare_command(
             input_size=input_size,
             timing=timing,
             progress=report,
+            dtype=dtype,
         )
+    from rlcli.tasks.compare import annotate
+
+    annotate(result)  # readings and Pareto marks after the timing (a cached search is timed afresh)
     if fmt.value == "json":
         print_json(result.to_dict())
     elif fmt.value == "csv":
@@ -124,6 +153,8 @@ COLUMNS = [
     Column("FLOPs", "right"),
     Column("Activations", "right"),
     Column("Weights", "right"),
+    Column("Bytes", "right"),
+    Column("MACs/B", "right"),
     Column("Latency ms", "right"),
     Column("p10-p90", "right"),
     Column("img/s", "right"),
@@ -138,7 +169,7 @@ def row(e) -> list[str]:
 
     spread = "" if e.latency_p10_ms is None else f"{e.latency_p10_ms:.1f}-{e.latency_p90_ms:.1f}"
     return [
-        e.name,
+        f"{e.name} *" if e.pareto else e.name,
         e.knob,
         "x".join(map(str, e.input_size)),
         thousands(e.params),
@@ -146,6 +177,8 @@ def row(e) -> list[str]:
         si(e.flops),
         size_bytes(e.activation_bytes),
         size_bytes(e.weight_bytes),
+        size_bytes(e.bytes_moved),
+        number(e.intensity, 1),
         number(e.latency_ms, 1),
         spread,
         number(e.throughput, 1),
@@ -161,17 +194,30 @@ def title(result: Comparison) -> str:
 
 
 def footer(result: Comparison) -> list[str]:
+    from rlcli.tasks.compare import RIDGE_NOTE
+
     lines = [f"Convention: {result.convention}."]
     if result.timing:
         t = result.timing
+        what = (
+            "a training step (training mode, forward + backward of the logits' sum, gradients dropped)"
+            if t.train
+            else "inference mode"
+        )
+        layout = {True: "channels-last", False: "contiguous (channels-first)", None: "channels-last for the "
+                  "convolutional families and cards that ask for it"}[t.channels_last]  # fmt: skip
         lines.append(
-            f"Timing: {t.device}, {t.threads} threads, inference mode, random weights; latency at batch 1 is the "
-            f"median of {t.repeats} runs after {t.warmup} warm-up runs (p10-p90 beside it); throughput at batch "
-            f"{t.batch_size}, median of {max(3, t.repeats // 2)} runs."
+            f"Timing: {t.device}, {t.threads} threads, {what}, random {t.dtype} weights, {layout}; latency at batch "
+            f"1 is the median of {t.repeats} runs after {t.warmup} warm-up runs (p10-p90 beside it); throughput at "
+            f"batch {t.batch_size}, median of {max(3, t.repeats // 2)} runs."
         )
     else:
         lines.append("Not timed (--no-time).")
     lines.append("Top-1/Top-5: torchvision's published ImageNet-1k accuracy, for stock configurations only.")
+    lines.append(f"Bytes, MACs/B: bytes moved layer by layer at {result.dtype} and MACs per byte; {RIDGE_NOTE}.")
+    lines.extend(f"Reading: {e.name}: {e.reading}." for e in result.entries if e.reading)
+    objectives = " and ".join(result.pareto_objectives)
+    lines.append(f"*: Pareto-optimal in {objectives}: no other row is at least as good in each and better in one.")
     lines.extend(f"Note: {n}." for n in result.notes)
     return lines
 
@@ -193,8 +239,10 @@ def write_plot(result: Comparison, path: Path) -> None:
         x = entry.macs / 1e9
         y = entry.latency_ms if timed else entry.params / 1e6
         colour = palette(families.index(entry.family) % 10)
-        axes.scatter(x, y, s=40 + entry.params / 2e5, color=colour, alpha=0.6, edgecolor="black", linewidth=0.6)
-        axes.annotate(entry.name, (x, y), textcoords="offset points", xytext=(8, 6), fontsize=8)
+        edge, width = ("red", 2.0) if entry.pareto else ("black", 0.6)
+        axes.scatter(x, y, s=40 + entry.params / 2e5, color=colour, alpha=0.6, edgecolor=edge, linewidth=width)
+        label = f"{entry.name} *" if entry.pareto else entry.name
+        axes.annotate(label, (x, y), textcoords="offset points", xytext=(8, 6), fontsize=8)
     for family in families:
         axes.scatter([], [], color=palette(families.index(family) % 10), label=family, s=60)
     axes.set_xlabel("GMACs per image (FLOPs = 2 x MACs)")
@@ -202,7 +250,10 @@ def write_plot(result: Comparison, path: Path) -> None:
         axes.set_ylabel(f"latency at batch 1, ms ({result.timing.device}, {result.timing.threads} threads)")
     else:
         axes.set_ylabel("parameters, millions")
-    axes.set_title(title(result) + "\nbubble area ~ parameters", fontsize=10)
+    objectives = " and ".join(result.pareto_objectives)
+    axes.set_title(
+        title(result) + f"\nbubble area ~ parameters; * red edge: Pareto-optimal in {objectives}", fontsize=10
+    )
     axes.grid(alpha=0.3)
     axes.legend(title="family", fontsize=8)
     axes.margins(0.2)

@@ -18,6 +18,7 @@ from rlcli.cli._common import (
     si,
     size_bytes,
     thousands,
+    warn,
 )
 from rlcli.cli._completion import complete_model_name
 
@@ -47,6 +48,18 @@ Examples:
 class Counter(str, Enum):
     rlcli = "rlcli"
     fvcore = "fvcore"
+    all = "all"
+
+
+class MemoryDType(str, Enum):
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+class Optimizer(str, Enum):
+    sgd = "sgd"
+    adamw = "adamw"
 
 
 def register(app: typer.Typer) -> None:
@@ -79,7 +92,30 @@ def summary_command(
     counter: Counter = typer.Option(
         Counter.rlcli,
         "--counter",
-        help="rlcli: torchvision's convention, on meta; fvcore: fvcore's, on the CPU.",
+        help="rlcli: torchvision's convention, on meta; fvcore: fvcore's, on the CPU; all: rl's count beside "
+        "fvcore's, torch's FlopCounterMode's and torchinfo's (when installed) per row, with the ops each ignores.",
+    ),
+    dtype: MemoryDType = typer.Option(
+        MemoryDType.float32,
+        "--dtype",
+        help="The weights' and float inputs' dtype: every memory figure (weights, activations, bytes moved, "
+        "gradients, optimizer state) is counted at it.",
+    ),
+    train: bool = typer.Option(
+        False,
+        "--train",
+        help="The cost of one training step: backward MACs (counted on meta), gradient and optimizer-state memory, "
+        "per row and in total.",
+    ),
+    optimizer: Optimizer | None = typer.Option(
+        None, "--optimizer", help="The optimizer whose state --train counts (default adamw)."
+    ),
+    by_op: bool = typer.Option(False, "--by-op", help="A second table by aten operator: calls, MACs, share."),
+    row: str | None = typer.Option(
+        None,
+        "--row",
+        metavar="NAME",
+        help="With --by-op: the operators of this row only (as named in the Layer column).",
     ),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON document with every layer."),
     csv_out: bool = typer.Option(False, "--csv", help="Print the layer table as CSV."),
@@ -88,9 +124,23 @@ def summary_command(
 
     fmt = choose_format(json_out, csv_out)
     summaries = [
-        summarize(name, input_size=input_size, inputs=inputs, batch_size=batch_size, depth=depth, counter=counter.value)
+        summarize(
+            name,
+            input_size=input_size,
+            inputs=inputs,
+            batch_size=batch_size,
+            depth=depth,
+            counter=counter.value,
+            dtype=dtype.value,
+            train=train,
+            optimizer=optimizer.value if optimizer else None,
+            by_op=by_op or row is not None,
+            op_row=row,
+        )
         for name in models
     ]
+    for summary in summaries:
+        _warn_no_formula(summary)
     if fmt == OutputFormat.json:
         print_json({"rlcli": __version__, "models": [s.to_dict() for s in summaries]})
     elif fmt == OutputFormat.csv:
@@ -98,6 +148,8 @@ def summary_command(
     else:
         for summary in summaries:
             print_table(layer_columns(summary), layer_rows(summary), title=title(summary), footer=footer(summary))
+            if summary.by_op is not None:
+                print_table(*op_table(summary), title=op_title(summary))
         if len(summaries) > 1:
             print_table(COMPARISON_COLUMNS, comparison_rows(summaries), footer=[summaries[0].convention + "."])
 
@@ -133,9 +185,19 @@ def _shows_calls(summary: ModelSummary) -> bool:
 
 
 def layer_columns(summary: ModelSummary) -> list[Column]:
-    if not _shows_calls(summary):
-        return LAYER_COLUMNS
-    return [*LAYER_COLUMNS[:3], Column("Calls", "right"), *LAYER_COLUMNS[3:]]
+    if summary.counter == "all":
+        return [Column("Layer"), Column("Type"), *(Column(c.counter, "right") for c in summary.counters)]
+    columns = [*LAYER_COLUMNS, *BYTES_COLUMNS]
+    if _shows_calls(summary):
+        columns.insert(3, Column("Calls", "right"))
+    if summary.training is not None:
+        columns += TRAINING_COLUMNS
+    return columns
+
+
+BYTES_COLUMNS = [Column("Bytes", "right"), Column("MACs/B", "right")]
+
+TRAINING_COLUMNS = [Column("Backward MACs", "right"), Column("Grads", "right"), Column("Opt. state", "right")]
 
 
 def layer_rows(summary: ModelSummary) -> list[list[str]]:
@@ -143,13 +205,30 @@ def layer_rows(summary: ModelSummary) -> list[list[str]]:
     calls = _shows_calls(summary)
     for layer in summary.layers:
         label = summary.model if layer.depth == 0 else "  " * layer.depth + layer.name
+        if summary.counter == "all":
+            rows.append([label, _type(layer), *(_macs((layer.counts or {}).get(c.counter)) for c in summary.counters)])
+            continue
         share = f"{100 * layer.macs / summary.macs:.1f}%" if summary.macs and layer.macs is not None else "-"
-        macs = si(layer.macs) if layer.macs is not None else "-"
-        row = [label, _type(layer), _shape(layer.output_shape), thousands(layer.params), macs, share]
+        row = [label, _type(layer), _shape(layer.output_shape), thousands(layer.params), _macs(layer.macs), share]
         if calls:
             row.insert(3, str(layer.calls) if layer.calls else "-")
+        row += [_bytes(layer.bytes_moved), _intensity(layer.intensity)]
+        if summary.training is not None:
+            row += [_macs(layer.backward_macs), _bytes(layer.grad_bytes), _bytes(layer.optimizer_bytes)]
         rows.append(row)
     return rows
+
+
+def _macs(value: int | None) -> str:
+    return si(value) if value is not None else "-"
+
+
+def _bytes(value: int | None) -> str:
+    return size_bytes(value) if value is not None else "-"
+
+
+def _intensity(value: float | None) -> str:
+    return f"{value:.1f}" if value is not None else "-"
 
 
 def footer(summary: ModelSummary) -> list[str]:
@@ -166,16 +245,118 @@ def footer(summary: ModelSummary) -> list[str]:
         f"({si(summary.flops)}), FLOPs = 2 x MACs",
         *paper_lines(summary.paper, summary.input_size),
         f"Activations: {size_bytes(summary.activation_bytes)} ({summary.activation_definition})",
+        *_bytes_lines(summary),
         *_per_token(summary),
-        f"Counted by {summary.counter} on {where}. Params and MACs of a row include its submodules.",
+        *_training_lines(summary.training),
+        f"Counted by {_counted_by(summary)} on {where}. Params and MACs of a row include its submodules.",
         *_value_step_lines(summary.value_steps),
         *_measured_lines(summary),
         *_table_marks(summary),
         f"Convention: {summary.convention}.",
+        *_uncounted_lines(summary),
+        *_counter_lines(summary),
     ]
-    if summary.uncounted_ops:
-        lines.append(f"Not counted by fvcore: {', '.join(summary.uncounted_ops)}.")
     return lines
+
+
+def _counted_by(summary: ModelSummary) -> str:
+    return "rlcli" if summary.counter == "all" else summary.counter  # --counter all: the table's figures are rl's
+
+
+def _bytes_lines(summary: ModelSummary) -> list[str]:
+    if summary.counter == "fvcore":
+        return []
+    intensity = f"{summary.intensity:.1f} MACs/byte" if summary.intensity is not None else "-"
+    return [
+        f"Bytes moved: {size_bytes(summary.bytes_moved)} at {summary.dtype}, arithmetic intensity {intensity} "
+        f"(Bytes, MACs/B: {summary.bytes_definition})"
+    ]
+
+
+def _ops(calls: dict[str, int]) -> str:
+    return ", ".join(f"{op} {count}" for op, count in calls.items())
+
+
+def _uncounted_lines(summary: ModelSummary) -> list[str]:
+    """The operators that ran without MACs under the convention, and those rl has no formula for (a warning)."""
+    lines = []
+    if summary.not_counted:
+        lines.append(f"Not counted (ran, no MACs by the convention; calls): {_ops(summary.not_counted)}.")
+    if summary.no_formula:
+        lines.append(f"Warning: {NO_FORMULA_WARNING}: {_ops(summary.no_formula)}.")
+    return lines
+
+
+#: What an operator without a formula means for the count.
+NO_FORMULA_WARNING = "rl has no formula for these operators, so any work they do is missing from the MACs (calls)"
+
+
+def _warn_no_formula(summary: ModelSummary) -> None:
+    ops = dict(summary.no_formula)
+    if summary.training is not None:
+        ops.update(summary.training.backward_no_formula)
+    if ops:
+        warn(f"{summary.model}: {NO_FORMULA_WARNING}: {_ops(ops)}")
+
+
+def _training_lines(step) -> list[str]:
+    if step is None:
+        return []
+    lines = [
+        f"Training step: forward {thousands(step.forward_macs)} + backward {thousands(step.backward_macs)} = "
+        f"{thousands(step.step_macs)} MACs ({si(step.step_macs)}); {step.mode}; {step.loss}.",
+        f"Training memory: weights {size_bytes(step.weight_bytes)} + gradients {size_bytes(step.grad_bytes)} + "
+        f"{step.optimizer} state {size_bytes(step.optimizer_bytes)} = {size_bytes(step.memory_bytes)}, without the "
+        f"activations kept for the backward pass ({step.optimizer}: {step.optimizer_formula}).",
+    ]
+    if step.backward_not_counted:
+        lines.append(f"Not counted in the backward pass (calls): {_ops(step.backward_not_counted)}.")
+    if step.backward_no_formula:
+        lines.append(f"Warning: in the backward pass, {NO_FORMULA_WARNING}: {_ops(step.backward_no_formula)}.")
+    return lines
+
+
+def _counter_lines(summary: ModelSummary) -> list[str]:
+    """For --counter fvcore and all: each counter's total, convention and the operators it ignores."""
+    if summary.counter == "rlcli":
+        return []
+    lines = []
+    for result in summary.counters:
+        name = f"{result.counter} {result.version}" if result.version else result.counter
+        if result.error:
+            lines.append(f"{name}: no figures: {result.error}.")
+            continue
+        if summary.counter == "all":
+            lines.append(f"{name}: {thousands(result.macs)} MACs ({si(result.macs)}); {result.convention}.")
+        indent = "  " if summary.counter == "all" else ""
+        if result.ignored:
+            lines.append(f"{indent}Ignored by {result.counter} ({result.ignored_note}; calls): {_ops(result.ignored)}.")
+        elif summary.counter == "all":
+            lines.append(f"{indent}Ignored by {result.counter}: nothing ({result.ignored_note}).")
+    return lines
+
+
+def op_title(summary: ModelSummary) -> str:
+    table = summary.by_op
+    where = f"row {table.row}" if table.row else summary.model
+    return f"Operators of {where}: calls and MACs by aten operator (Kind: counted, not counted, no formula)"
+
+
+def op_table(summary: ModelSummary) -> tuple[list[Column], list[list[str]]]:
+    table = summary.by_op
+    columns = [Column("Operator"), Column("Kind"), Column("Calls", "right"), Column("MACs", "right")]
+    columns.append(Column("Share", "right"))
+    training = table.backward_macs is not None
+    if training:
+        columns += [Column("Backward calls", "right"), Column("Backward MACs", "right")]
+    rows = []
+    for op in table.ops:
+        share = f"{100 * op.macs / table.macs:.1f}%" if table.macs else "-"
+        row = [op.op, op.kind, thousands(op.calls), si(op.macs), share]
+        if training:
+            row += [thousands(op.backward_calls or 0), si(op.backward_macs or 0)]
+        rows.append(row)
+    return columns, rows
 
 
 def paper_lines(comparison, input_size: list[int]) -> list[str]:
@@ -312,22 +493,36 @@ def comparison_rows(summaries: list[ModelSummary]) -> list[list[str]]:
 
 def layer_csv(summaries: list[ModelSummary]) -> tuple[list[str], list[list[object]]]:
     header = ["model", "layer", "type", "depth", "output_shape", "calls", "shared", "scripted", "params", "macs"]
-    rows = [
-        [
-            s.model,
-            layer.name,
-            layer.type,
-            layer.depth,
-            _shape(layer.output_shape),
-            layer.calls,
-            layer.shared,
-            layer.scripted,
-            layer.params,
-            layer.macs,
-        ]
-        for s in summaries
-        for layer in s.layers
-    ]
+    header += ["weight_bytes", "input_bytes", "output_bytes", "bytes_moved", "intensity"]
+    training = any(s.training is not None for s in summaries)
+    if training:
+        header += ["backward_macs", "grad_bytes", "optimizer_bytes"]
+    counters = list(dict.fromkeys(c.counter for s in summaries if s.counter == "all" for c in s.counters))
+    header += [f"macs_{counter}" for counter in counters]
+    rows = []
+    for s in summaries:
+        for layer in s.layers:
+            row = [
+                s.model,
+                layer.name,
+                layer.type,
+                layer.depth,
+                _shape(layer.output_shape),
+                layer.calls,
+                layer.shared,
+                layer.scripted,
+                layer.params,
+                layer.macs,
+                layer.weight_bytes,
+                layer.input_bytes,
+                layer.output_bytes,
+                layer.bytes_moved,
+                layer.intensity,
+            ]
+            if training:
+                row += [layer.backward_macs, layer.grad_bytes, layer.optimizer_bytes]
+            row += [(layer.counts or {}).get(counter) for counter in counters]
+            rows.append(row)
     return header, rows
 
 

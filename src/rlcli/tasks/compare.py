@@ -22,6 +22,16 @@ FAMILIES = ("resnet", "resnext", "mobilenet_v1", "mobilenet_v2", "mobilenet_v3")
 TOLERANCE = 0.02
 WIDTH_RANGE = (0.05, 12.0)
 
+#: Where a network stops waiting on memory, in MACs per byte moved (core.flops.BYTES_DEFINITION): the ridge point
+#: of the roofline of a typical desktop CPU (8 AVX2 cores with two float32 FMA units each at 3 GHz: 384 GMAC/s,
+#: fed by about 40 GB/s of DRAM bandwidth: 9.6 MACs/byte), rounded.
+RIDGE_MACS_PER_BYTE = 10.0
+RIDGE_NOTE = (
+    f"a network below {RIDGE_MACS_PER_BYTE:g} MACs/byte (the roofline ridge of a typical desktop CPU: 8 AVX2 cores, "
+    "384 GMAC/s float32, over about 40 GB/s of DRAM) waits on memory, above it on arithmetic; intensity = MACs / "
+    "bytes moved layer by layer, as `rl summary` counts them"
+)
+
 
 def parse_macs(text: str) -> int:
     """``4.1G``, ``300M``, ``2.5e9`` or ``4100000000`` -> MACs."""
@@ -50,10 +60,14 @@ class Entry:
     stock: str | None = None  # the torchvision model this is, exactly
     top1: float | None = None  # published ImageNet-1k accuracy of its default weights (stock configs only)
     top5: float | None = None
-    latency_ms: float | None = None  # batch 1, median
+    latency_ms: float | None = None  # batch 1, median (of a training step's forward + backward with --train)
     latency_p10_ms: float | None = None
     latency_p90_ms: float | None = None
     throughput: float | None = None  # images/s at the timing batch size
+    bytes_moved: int = 0  # layer by layer, at the comparison's dtype (core.flops.TOTAL_BYTES_DEFINITION)
+    intensity: float | None = None  # MACs per byte moved
+    reading: str = ""  # one line: bandwidth- or compute-bound by RIDGE_MACS_PER_BYTE, and the MAC rate achieved
+    pareto: bool = False  # no other row is as good on every objective of Comparison.pareto_objectives, better on one
 
 
 @dataclass
@@ -63,6 +77,9 @@ class Timing:
     warmup: int
     repeats: int
     batch_size: int
+    dtype: str = "float32"  # of the weights and the input
+    channels_last: bool | None = None  # None: channels-last for convolutional families and cards that ask for it
+    train: bool = False  # time a training step (forward + backward of the sum of the logits) instead of inference
 
 
 @dataclass
@@ -72,6 +89,9 @@ class Comparison:
     timing: Timing | None
     convention: str
     notes: list[str] = field(default_factory=list)
+    dtype: str = "float32"  # of every memory figure (weights, activations, bytes moved)
+    pareto_objectives: list[str] = field(default_factory=list)
+    ridge: float = RIDGE_MACS_PER_BYTE
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -192,10 +212,14 @@ def _entry_from_summary(summary, *, name: str, family: str, knob: str, stock: st
         stock=stock,
         top1=top1,
         top5=top5,
+        bytes_moved=summary.bytes_moved,
+        intensity=summary.intensity,
     )
 
 
-def scaled_entries(families: list[str], budget: int, input_size: tuple[int, ...], groups: int) -> list[tuple]:
+def scaled_entries(
+    families: list[str], budget: int, input_size: tuple[int, ...], groups: int, dtype: str = "float32"
+) -> list[tuple]:
     """(Entry, builder) for each family scaled to ``budget``."""
     from rlcli.models.cards import ModelCard
     from rlcli.models.registry import ModelSpec
@@ -209,7 +233,7 @@ def scaled_entries(families: list[str], budget: int, input_size: tuple[int, ...]
             name=_scaled_name(config), family=family, source="rlcli", task="image-classification", default_input=size
         )
         spec = ModelSpec(card=card, builder=lambda input_size, c=config, **kw: c.build(**kw))
-        summary = summarize_spec(spec, size, depth=0)
+        summary = summarize_spec(spec, size, depth=0, dtype=dtype)
         knob = config.describe() + ("" if size == input_size else f", input {size[-1]} px")
         rows.append((_entry_from_summary(summary, name=spec.card.name, family=family, knob=knob, stock=stock), spec))
     return rows
@@ -227,7 +251,7 @@ def _scaled_name(config) -> str:
     return f"{config.family.replace('_', '-')}-w{config.width:.3f}"
 
 
-def named_entries(names: list[str], input_size: str | None) -> list[tuple]:
+def named_entries(names: list[str], input_size: str | None, dtype: str = "float32") -> list[tuple]:
     """(Entry, spec) for registry models as they are; figures are exactly `rl summary`'s."""
     from rlcli.models.registry import get_spec
     from rlcli.tasks.summary import summarize
@@ -237,7 +261,7 @@ def named_entries(names: list[str], input_size: str | None) -> list[tuple]:
         spec = get_spec(name, user_code=True)  # typed on the command line
         if spec.card.task not in ("image-classification", "unknown"):
             raise UsageError(f"{name} is a {spec.card.task} model; rl compare times image classifiers")
-        summary = summarize(name, input_size=input_size, depth=0)
+        summary = summarize(name, input_size=input_size, depth=0, dtype=dtype)
         stock = name if spec.card.source == "torchvision" and input_size is None else None
         entry = _entry_from_summary(summary, name=name, family=spec.card.family, knob="stock", stock=stock)
         rows.append((entry, spec))
@@ -248,26 +272,33 @@ def named_entries(names: list[str], input_size: str | None) -> list[tuple]:
 
 
 def time_model(spec, entry: Entry, timing: Timing, progress: Callable[[str, int, int], None] | None = None) -> None:
-    """Latency at batch 1 (median, 10th and 90th percentiles) and throughput at ``timing.batch_size``."""
+    """Latency at batch 1 (median, 10th and 90th percentiles) and throughput at ``timing.batch_size``: of inference,
+    or with ``timing.train`` of a training step (forward in training mode, backward of the logits' sum)."""
     import torch
 
     device = torch.device(timing.device)
+    dtype = getattr(torch, timing.dtype)
     size = tuple(entry.input_size)
     torch.manual_seed(0)
-    net = spec.build(size).eval().to(device)
-    channels_last = spec.card.channels_last or entry.family in FAMILIES
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    if channels_last:
-        net = net.to(memory_format=memory_format)
-    single = torch.randn(1, *size, device=device).contiguous(memory_format=memory_format)
-    batch = torch.randn(timing.batch_size, *size, device=device).contiguous(memory_format=memory_format)
+    net = spec.build(size).train(timing.train).to(device=device, dtype=dtype)
+    channels_last = timing.channels_last
+    if channels_last is None:
+        channels_last = spec.card.channels_last or entry.family in FAMILIES
+    memory_format = torch.channels_last if channels_last and len(size) == 3 else torch.contiguous_format
+    net = net.to(memory_format=memory_format)
+    single = torch.randn(1, *size, device=device, dtype=dtype).contiguous(memory_format=memory_format)
+    batch = torch.randn(timing.batch_size, *size, device=device, dtype=dtype).contiguous(memory_format=memory_format)
     steps = timing.warmup + timing.repeats + timing.warmup + max(3, timing.repeats // 2)
     done = 0
 
     def run(x):
         nonlocal done
         started = time.perf_counter()
-        net(x)
+        if timing.train:
+            net(x).sum().backward()
+            net.zero_grad(set_to_none=True)
+        else:
+            net(x)
         if device.type == "cuda":
             torch.cuda.synchronize()
         done += 1
@@ -275,7 +306,7 @@ def time_model(spec, entry: Entry, timing: Timing, progress: Callable[[str, int,
             progress(f"timing {entry.name}", done, steps)
         return time.perf_counter() - started
 
-    with torch.inference_mode():
+    with torch.enable_grad() if timing.train else torch.inference_mode():
         for _ in range(timing.warmup):
             run(single)
         latencies = sorted(run(single) * 1000 for _ in range(timing.repeats))
@@ -306,8 +337,11 @@ def compare(
     input_size: str | None = None,
     timing: Timing | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    dtype: str = "float32",
 ) -> Comparison:
-    """Named models as they are, or one member of each family at ``budget`` (default: ResNet-50's MACs)."""
+    """Named models as they are, or one member of each family at ``budget`` (default: ResNet-50's MACs).
+
+    ``dtype``: of the weights for every memory figure (and of the timing, which ``timing.dtype`` states)."""
     from rlcli.core.flops import CONVENTION
     from rlcli.core.shapes import parse_input_size
 
@@ -317,7 +351,7 @@ def compare(
     if models:
         if budget is not None or families:
             raise UsageError("name models, or give --macs/--families, not both")
-        rows = named_entries(models, input_size)
+        rows = named_entries(models, input_size, dtype)
         target = None
     else:
         size = parse_input_size(input_size, (3, 224, 224)) if input_size else (3, 224, 224)
@@ -332,7 +366,7 @@ def compare(
             notes.append("budget: ResNet-50's MACs at this input size")
         else:
             target = parse_macs(budget)
-        rows = scaled_entries(chosen, target, size, groups)
+        rows = scaled_entries(chosen, target, size, groups, dtype)
     if timing is not None:
         import torch
 
@@ -343,4 +377,73 @@ def compare(
                 time_model(spec, entry, timing, progress)
         finally:
             torch.set_num_threads(previous)
-    return Comparison(budget=target, entries=[e for e, _ in rows], timing=timing, convention=CONVENTION, notes=notes)
+    result = Comparison(
+        budget=target, entries=[e for e, _ in rows], timing=timing, convention=CONVENTION, notes=notes, dtype=dtype
+    )
+    return annotate(result)
+
+
+# --- reading the result --------------------------------------------------------------------------------------
+
+
+def annotate(result: Comparison) -> Comparison:
+    """Each row's one-line reading and the Pareto-optimal rows (idempotent: a cached search is annotated after
+    timing)."""
+    for entry in result.entries:
+        entry.reading = reading(entry, result.timing)
+    result.pareto_objectives = pareto_objectives(result.entries)
+    for entry, optimal in zip(result.entries, pareto_optimal(result.entries, result.pareto_objectives), strict=True):
+        entry.pareto = optimal
+    return result
+
+
+def reading(entry: Entry, timing: Timing | None) -> str:
+    """``bandwidth-bound: 4.6 MACs/byte`` (by RIDGE_MACS_PER_BYTE), with the MAC rate achieved when timed."""
+    if entry.intensity is None:
+        return ""
+    bound = "bandwidth-bound" if entry.intensity < RIDGE_MACS_PER_BYTE else "compute-bound"
+    text = f"{bound}: {entry.intensity:.1f} MACs/byte"
+    if entry.latency_ms and not (timing is not None and timing.train):
+        text += f", {entry.macs / entry.latency_ms / 1e6:.1f} GMAC/s achieved at batch 1"
+    return text
+
+
+#: The objectives a row can be Pareto-optimal on: the attribute, the direction and the words for it.
+OBJECTIVES = {
+    "latency": ("latency_ms", min),
+    "top-1": ("top1", max),
+    "MACs": ("macs", min),
+    "params": ("params", min),
+}
+
+
+def pareto_objectives(entries: list[Entry]) -> list[str]:
+    """Latency when timed and top-1 when every row has one; MACs beside either alone; MACs and params without."""
+    chosen = []
+    if entries and all(e.latency_ms is not None for e in entries):
+        chosen.append("latency")
+    if entries and all(e.top1 is not None for e in entries):
+        chosen.append("top-1")
+    if len(chosen) < 2:
+        chosen.append("MACs")
+    if len(chosen) < 2:
+        chosen.append("params")
+    return chosen
+
+
+def pareto_optimal(entries: list[Entry], objectives: list[str]) -> list[bool]:
+    """For each row: whether no other row is at least as good on every objective and better on one."""
+
+    def key(entry: Entry) -> list[float]:
+        values = []
+        for name in objectives:
+            attribute, best = OBJECTIVES[name]
+            value = getattr(entry, attribute)
+            values.append(value if best is min else -value)
+        return values
+
+    def dominates(other: list[float], mine: list[float]) -> bool:
+        return other != mine and all(o <= m for o, m in zip(other, mine, strict=True))
+
+    keys = [key(e) for e in entries]
+    return [not any(dominates(other, mine) for other in keys) for mine in keys]
