@@ -294,3 +294,18 @@ def test_a_model_that_fails_on_a_worker_is_one_error_line(rl, ray_instance, imag
     assert result.stderr.startswith(f"error: {source}:Bad failed on a batch of ")
     assert "ValueError: this model only works on Tuesdays" in result.stderr and result.stderr.count("\n") == 1
     assert not (out / "manifest.json").exists()
+
+
+def test_a_worker_that_cannot_load_the_model_ends_the_run_with_rls_error(ray_instance, images):
+    """The driver checked the model; a node without the file says so in rl's words (Ray restarts an actor that fails
+    to start, again and again)."""
+    from rlcli.core.images import Preprocess
+    from rlcli.errors import CheckpointError
+    from rlcli.tasks.batch import ImageJob, RayOptions, run_images_on_ray
+    from rlcli.tasks.classify import PreprocessOverrides
+
+    settings = {"model": "mobilenet_v3_small", "weights": "/nowhere/weights.pt", "dtype": "float32", "device": "cpu"}
+    job = ImageJob("classify", settings, PreprocessOverrides(), 5)
+    inputs = sorted(images.glob("circle_*.png"))
+    with pytest.raises(CheckpointError, match=r"^no such checkpoint file: /nowhere/weights.pt$"):
+        run_images_on_ray(job, Preprocess(64, 64), inputs, list(range(len(inputs))), RayOptions(1, 0, 2), print)

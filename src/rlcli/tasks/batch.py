@@ -509,9 +509,11 @@ class ImageWorker:
 
     def __init__(self, job: ImageJob, device: str, exit_once: str | None = None) -> None:
         self.job, self.exit_once, self.batches = job, exit_once, 0
-        self.clf = job.load(device)
+        self.clf, self.failure = _load_or_failure(job, device)
 
     def __call__(self, batch: dict) -> dict:
+        if self.failure is not None:
+            return _fatal(self.failure)
         try:
             return self._run(batch)
         except RlError as exc:
@@ -552,11 +554,20 @@ class ImageWorker:
 FATAL = -1  # the input number of a row that carries a worker's RlError, which ends the run
 
 
+def _load_or_failure(job, device: str) -> tuple[Any, RlError | None]:
+    """The worker's model, or the rl error of loading it (a file missing on that node): kept to be sent back as the
+    run's error, since an actor that fails to start is restarted by Ray, again and again."""
+    try:
+        return job.load(device), None
+    except RlError as exc:
+        return None, exc
+
+
 def _fatal(exc: RlError) -> dict:
     """An rl error inside a worker, sent back as a row: Ray would hand the driver its traceback, not its words."""
     import numpy as np
 
-    row = json.dumps({"error": str(exc)}, ensure_ascii=False)
+    row = json.dumps({"error": str(exc), "kind": type(exc).__name__}, ensure_ascii=False)
     return {"input": np.array([FATAL], dtype=np.int64), "row": np.array([row], dtype=object)}
 
 
@@ -615,12 +626,20 @@ def _decoding_bytes(preprocess, batch_size: int) -> int:
     return preprocess.batch_bytes(batch_size) + 3 * preprocess.resize * preprocess.resize
 
 
+def _rl_error(row: Row) -> RlError:
+    """A worker's error as its own class (a usage error keeps exit code 2)."""
+    from rlcli import errors
+
+    kind = getattr(errors, row.get("kind", ""), RlError)
+    return (kind if isinstance(kind, type) and issubclass(kind, RlError) else RlError)(row["error"])
+
+
 def _drain(dataset, sink: RowSink) -> None:
     try:
         for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
             for position, text in zip(batch["input"], batch["row"], strict=True):
                 if position == FATAL:
-                    raise RlError(json.loads(text)["error"])
+                    raise _rl_error(json.loads(text))
                 sink(int(position), json.loads(text))
     except RlError:
         raise
@@ -700,11 +719,13 @@ class GenerateWorker:
 
     def __init__(self, job: GenerateJob, device: str, exit_once: str | None = None) -> None:
         self.job, self.exit_once, self.batches = job, exit_once, 0
-        self.generator = job.load(device)
+        self.generator, self.failure = _load_or_failure(job, device)
 
     def __call__(self, batch: dict) -> dict:
         import numpy as np
 
+        if self.failure is not None:
+            return _fatal(self.failure)
         self.batches += 1
         _exit_once(self.exit_once, self.batches)
         rows = []
