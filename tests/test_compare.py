@@ -202,5 +202,14 @@ def test_cli_times_a_training_step(rl):
     [timed] = doc["entries"]
     assert timed["latency_ms"] > 0 and timed["throughput"] > 0
     assert "GMAC/s" not in timed["reading"]  # the rate is stated for inference only
-    table = rl("compare", *args[:-1]).stdout
-    assert "a training step (training mode, forward + backward" in table and "contiguous (channels-first)" in table
+
+    from rlcli.cli.compare import footer
+    from rlcli.tasks.compare import Comparison, Timing
+
+    timing = Timing(**doc["timing"])
+    text = "\n".join(footer(Comparison(budget=None, entries=[], timing=timing, convention="c")))
+    assert "a training step (training mode, forward + backward" in text and "contiguous (channels-first)" in text
+    # At 32 px batch norm meets one value per channel at batch 1: refused in training mode, in one line.
+    refused = rl("compare", "mobilenet_v3_small", "-i", "32", "--train", "--repeats", "3")
+    assert refused.code == 1 and refused.stderr.count("\n") == 1
+    assert refused.stderr.startswith("error: cannot time a training step of mobilenet_v3_small at input 3x32x32: ")

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from rlcli.errors import RlError, UsageError
+from rlcli.errors import ModelRunError, RlError, UsageError
 
 FAMILIES = ("resnet", "resnext", "mobilenet_v1", "mobilenet_v2", "mobilenet_v3")
 TOLERANCE = 0.02
@@ -306,13 +306,17 @@ def time_model(spec, entry: Entry, timing: Timing, progress: Callable[[str, int,
             progress(f"timing {entry.name}", done, steps)
         return time.perf_counter() - started
 
-    with torch.enable_grad() if timing.train else torch.inference_mode():
-        for _ in range(timing.warmup):
-            run(single)
-        latencies = sorted(run(single) * 1000 for _ in range(timing.repeats))
-        for _ in range(timing.warmup):
-            run(batch)
-        seconds = [run(batch) for _ in range(max(3, timing.repeats // 2))]
+    try:
+        with torch.enable_grad() if timing.train else torch.inference_mode():
+            for _ in range(timing.warmup):
+                run(single)
+            latencies = sorted(run(single) * 1000 for _ in range(timing.repeats))
+            for _ in range(timing.warmup):
+                run(batch)
+            seconds = [run(batch) for _ in range(max(3, timing.repeats // 2))]
+    except (RuntimeError, ValueError) as exc:  # a training step at batch 1 that batch norm refuses, for one
+        what = "a training step" if timing.train else "inference"
+        raise ModelRunError(f"cannot time {what} of {entry.name} at input {'x'.join(map(str, size))}: {exc}") from exc
     entry.latency_ms = statistics.median(latencies)
     entry.latency_p10_ms = _percentile(latencies, 0.1)
     entry.latency_p90_ms = _percentile(latencies, 0.9)
