@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -24,23 +25,32 @@ CLASSES = ("circle", "square", "triangle")
 
 @pytest.fixture(scope="module")
 def ray_instance(tmp_path_factory):
-    ray = pytest.importorskip("ray")
+    import importlib.util
+
     import rlcli
 
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    # The workers import the rlcli that this process imported (a source tree on PYTHONPATH, or the installed one).
+    if importlib.util.find_spec("ray") is None:
+        pytest.skip("ray is not installed (pip install 'rlcli[ray]')")
     source = str(Path(rlcli.__file__).resolve().parents[1])
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [source, os.environ.get("PYTHONPATH")]))
-    temp = tmp_path_factory.mktemp("ray")
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        _temp_dir=str(temp),
-        log_to_driver=False,
-        configure_logging=False,
-    )
-    yield ray
-    ray.shutdown()
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("RAY_USAGE_STATS_ENABLED", "0")
+        # Token authentication with a token held in the environment, set before Ray is imported (it reads the mode
+        # then): nothing is written to ~/.ray, and the workers, which inherit the environment, authenticate with it.
+        env.setenv("RAY_AUTH_MODE", "token")
+        env.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
+        # The workers import the rlcli that this process imported (a source tree on PYTHONPATH, or the installed one).
+        env.setenv("PYTHONPATH", os.pathsep.join(filter(None, [source, os.environ.get("PYTHONPATH")])))
+        import ray
+
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            _temp_dir=str(tmp_path_factory.mktemp("ray")),
+            log_to_driver=False,
+            configure_logging=False,
+        )
+        yield ray
+        ray.shutdown()
 
 
 @pytest.fixture(scope="module")
