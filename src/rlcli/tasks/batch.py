@@ -297,7 +297,7 @@ class ImageJob:
     settings: dict[str, Any]
     overrides: Any  # tasks.classify.PreprocessOverrides
     top_k: int | None
-    threshold: float = 0.5
+    threshold: float | list[float] = 0.5  # one for every class, or one per class (rl multilabel)
 
     @property
     def rows_format(self) -> RowFormat:
@@ -582,13 +582,13 @@ def run_images_on_ray(
     """
     import pyarrow as pa
 
+    items = [_image_item(position, inputs[position]) for position in positions]
+    if not items:
+        return  # --resume of a complete run: nothing to start Ray for
     ray = connect_ray(options.quiet)
     check_cluster(ray, options, decoding=True)
-    items = [_image_item(position, inputs[position]) for position in positions]
     size = options.batch_size
     blocks = [pa.Table.from_pylist(items[start : start + size]) for start in range(0, len(items), size)]
-    if not blocks:
-        return
     dataset = ray.data.from_arrow(blocks)
     # Each decoding task reserves the memory of its batch of pixels; being unlike the actors' request, that also
     # keeps Ray from fusing decoding into the model actors, so decoding scales over every node's CPUs while the
