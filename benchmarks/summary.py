@@ -7,6 +7,7 @@ Each tool runs in a fresh process (imports included, as a user pays them), one a
 
 Prints one row per tool and model, then the ratios rl/torchinfo (targets: wall <= 0.3x, RSS <= 0.3x) and the
 wall time of `rl --help` (target < 0.3 s). The best of --repeat runs is kept for each (least disturbed).
+The rl row counts afresh (--no-cache); a last table times rl with its result cache, cold and cached.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from _measure import run_measured
 RL = """
 import sys, json, io, contextlib
 from rlcli.cli import main
-sys.argv = ["rl", "summary", sys.argv[1], "--json"]
+sys.argv = ["rl", "summary", sys.argv[1], "--json", "--no-cache"]
 buffer = io.StringIO()
 try:
     with contextlib.redirect_stdout(buffer):
@@ -99,8 +100,47 @@ def main() -> None:
         for _ in range(args.repeat)
     )
     print(f"rl --help: {help_wall:.3f} s (target < 0.3 s)")
+    cache_timings(args.models, args.repeat, results)
     if args.json:
         print(json.dumps({f"{m}/{t}": v for (m, t), v in results.items()}, indent=1))
+
+
+# --- rl summary's result cache (issue 17): cold vs cached ----------------------------------------------------
+
+# As RL, with the cache on; the last line also says whether torch was imported.
+RL_CACHE = RL.replace(', "--no-cache"]', "]").replace(
+    'print(json.loads(buffer.getvalue())["models"][0]["macs"])',
+    'print("torch" in sys.modules, json.loads(buffer.getvalue())["models"][0]["macs"])',
+)
+
+
+def cache_timings(models: list[str], repeat: int, results: dict) -> None:
+    """`rl summary MODEL --json` in a fresh process with an empty cache (counts, then writes the entry: cold) and
+    again with that entry (cached), each pair in its own empty XDG_CACHE_HOME; best of ``repeat`` pairs, beside
+    torchinfo's wall time from ``results``. The cached run must read the same MACs without importing torch."""
+    import os
+    import tempfile
+    from unittest import mock
+
+    print("\nrl summary with its result cache (fresh process each, best of", repeat, "pairs):")
+    print(f"{'model':10} {'run':10} {'wall s':>8} {'peak RSS MiB':>13} {'torch imported':>15}")
+    for model in models:
+        cold, cached = [], []
+        for _ in range(repeat):
+            with tempfile.TemporaryDirectory() as home, mock.patch.dict(os.environ, XDG_CACHE_HOME=home):
+                cold.append(run_once(RL_CACHE, model))
+                cached.append(run_once(RL_CACHE, model))
+                assert os.listdir(os.path.join(home, "rlcli", "summary")), "no entry written"
+        for name, runs in (("cold", cold), ("cached", cached)):
+            imported = {r[2].split()[0] for r in runs}
+            assert {int(r[2].split()[1]) for r in runs} == {int(results[(model, "rl")][2])}, f"{model} {name}: MACs"
+            wall, rss = min(r[0] for r in runs), min(r[1] for r in runs)
+            results[(model, f"rl {name}")] = (wall, rss, results[(model, "rl")][2])
+            print(f"{model:10} {name:10} {wall:8.2f} {rss / 2**20:13.0f} {'yes' if 'True' in imported else 'no':>15}")
+    for model in models:
+        cold, cached = results[(model, "rl cold")][0], results[(model, "rl cached")][0]
+        torchinfo = results[(model, "torchinfo")][0]
+        print(f"{model}: cached/cold wall {cached / cold:.3f}x, cached/torchinfo {cached / torchinfo:.3f}x")
 
 
 if __name__ == "__main__":

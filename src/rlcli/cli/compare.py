@@ -82,6 +82,14 @@ def compare_command(
     ),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON document."),
     csv_out: bool = typer.Option(False, "--csv", help="Print CSV."),
+    # Result cache (issue 17, tasks/cached.py): the option, and the family search through compare_cached below.
+    no_cache: bool = typer.Option(
+        False,
+        "--no-cache",
+        help="Search afresh, neither reading nor writing the result cache (family searches are kept in "
+        "$XDG_CACHE_HOME/rlcli, default ~/.cache/rlcli, by families, budget, input size, groups, dtype and versions; "
+        "timings are always measured afresh).",
+    ),
 ) -> None:
     from rlcli.tasks.compare import Timing, compare
 
@@ -116,16 +124,29 @@ def compare_command(
         )
     chosen = [f.strip() for f in families.split(",") if f.strip()] if families else None
     with progress_bar() as report:
-        result = compare(
-            models or None,
-            budget=macs,
-            families=chosen,
-            groups=groups,
-            input_size=input_size,
-            timing=timing,
-            progress=report,
-            dtype=dtype,
-        )
+        if not models and not no_cache:  # result cache (issue 17): a repeated family search is read from disk
+            from rlcli.tasks.cached import compare_cached
+
+            result = compare_cached(
+                budget=macs,
+                families=chosen,
+                groups=groups,
+                input_size=input_size,
+                timing=timing,
+                progress=report,
+                dtype=dtype,
+            )
+        else:
+            result = compare(
+                models or None,
+                budget=macs,
+                families=chosen,
+                groups=groups,
+                input_size=input_size,
+                timing=timing,
+                progress=report,
+                dtype=dtype,
+            )
     from rlcli.tasks.compare import annotate
 
     annotate(result)  # readings and Pareto marks after the timing (a cached search is timed afresh)

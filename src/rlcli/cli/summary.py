@@ -45,6 +45,15 @@ Examples:
 """
 
 
+# Result cache (issue 17): what --no-cache bypasses.
+CACHE_HELP = (
+    "Count afresh, neither reading nor writing the result cache. Results of models of `rl models` are kept in "
+    "$XDG_CACHE_HOME/rlcli (default ~/.cache/rlcli), keyed by every option but --depth and by the versions of "
+    "rl, torch and torchvision, so a repeated summary needs no torch import; your own models (module:callable, "
+    "file.py:callable), Hugging Face folders and timm/ names are never cached. `rl cache info|clear` manages it."
+)
+
+
 class Counter(str, Enum):
     rlcli = "rlcli"
     fvcore = "fvcore"
@@ -119,13 +128,17 @@ def summary_command(
     ),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON document with every layer."),
     csv_out: bool = typer.Option(False, "--csv", help="Print the layer table as CSV."),
+    # Result cache (issue 17, tasks/cached.py): the option, and the call through summarize_cached below, which
+    # keys the cache by every keyword it passes on to summarize (all but depth).
+    no_cache: bool = typer.Option(False, "--no-cache", help=CACHE_HELP),
 ) -> None:
-    from rlcli.tasks.summary import summarize
+    from rlcli.tasks.cached import summarize_cached
 
     fmt = choose_format(json_out, csv_out)
     summaries = [
-        summarize(
+        summarize_cached(
             name,
+            use_cache=not no_cache,
             input_size=input_size,
             inputs=inputs,
             batch_size=batch_size,
