@@ -103,6 +103,25 @@ def rows(folder: Path) -> list[dict]:
     return sorted(found, key=lambda r: r["path"])
 
 
+def compare_rows(reference: list[dict], other: list[dict]) -> tuple[bool, float]:
+    """Same paths, labels and ranks, probabilities within 1e-5, and the largest probability difference.
+
+    A Ray actor runs torch on its own CPUs (one thread here) and the local run on every core: a reduction split
+    over another number of threads may round differently in the last bits (tests/test_ray.py holds the rows equal
+    at one thread each)."""
+    if [r["path"] for r in reference] != [r["path"] for r in other]:
+        return False, float("inf")
+    largest = 0.0
+    for a, b in zip(reference, other, strict=True):
+        if a.get("error") != b.get("error"):
+            return False, float("inf")
+        pairs = list(zip(a.get("top_k", []), b.get("top_k", []), strict=True))
+        if any((x["label"], x["rank"]) != (y["label"], y["rank"]) for x, y in pairs):
+            return False, float("inf")
+        largest = max([largest, *(abs(x["probability"] - y["probability"]) for x, y in pairs)])
+    return largest <= 1e-5, largest
+
+
 def main() -> None:
     import torch
     import torchvision
@@ -142,14 +161,14 @@ def main() -> None:
                 f"{mode}: {figures[mode]['rate'] / local['rate']:.2f}x the local images/s, "
                 f"{figures[mode]['tree_peak'] / local['tree_peak']:.2f}x its memory (all processes)"
             )
-        reference = [{k: v for k, v in r.items() if k != "input"} for r in rows(outputs["local"])]
-        same = all(
-            [{k: v for k, v in r.items() if k != "input"} for r in rows(outputs[m])] == reference
-            for m in ("ray-cold", "ray-warm")
-        )
-        print(f"rows equal to the local run's (sorted by path): {'yes' if same else 'NO'} ({len(reference)} rows)")
-        if not same:
-            raise SystemExit(1)
+        reference = rows(outputs["local"])
+        for mode in ("ray-cold", "ray-warm"):
+            same, largest = compare_rows(reference, rows(outputs[mode]))
+            verdict = "equal" if same else "DIFFERENT"
+            print(f"{mode}: rows {verdict} to the local run's, sorted by path ({len(reference)} rows; labels exact, "
+                  f"probabilities differ by at most {largest:.1e})")  # fmt: skip
+            if not same:
+                raise SystemExit(1)
 
 
 if __name__ == "__main__":
