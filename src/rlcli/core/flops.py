@@ -420,7 +420,7 @@ def profile_forward(
             outputs = model(*inputs.args, **inputs.kwargs)
         except Exception as exc:
             if counter.needs_values:
-                raise NeedsRealValues(counter.needs_values) from exc
+                raise NeedsRealValues(_value_reader(model, inputs, counter.needs_values)) from exc
             if _on_meta(given) and "meta" in str(exc):
                 # Data read outside the dispatcher (Tensor.numpy()), or meta tensors meeting the model's own CPU ones.
                 raise NeedsRealValues(_describe_failure(counter.stack, exc)) from exc
@@ -438,6 +438,41 @@ def profile_forward(
         functional_bytes=counter.functional_bytes,
         functional_macs=counter.functional_macs,
     )
+
+
+class _ValueReader(TorchDispatchMode):
+    """Names the outermost operator that fails for want of data, as in _MacCounter (nothing else)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.needs_values: str | None = None
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        try:
+            return func(*args, **kwargs)
+        except Exception as exc:
+            if _reads_values(func, args, kwargs, exc):
+                self.needs_values = _value_reason(func, exc)
+            raise
+
+
+def _value_reader(model: nn.Module, inputs: Feed, reason: str) -> str:
+    """The operator the model's own code called that read values, for the message of a run on real tensors.
+
+    Counting runs under no_grad, where the dispatcher has already broken ``Tensor.item()`` and a tensor's truth value
+    (``if mask.any():``) down to ``_local_scalar_dense`` before the counter sees them; under inference_mode they
+    arrive whole. The pass is repeated that way only on this path, which then counts on the CPU anyway.
+    """
+    if "_local_scalar_dense" not in reason:
+        return reason
+    reader = _ValueReader()
+    try:
+        with _no_hidden_fast_paths(), torch.inference_mode(), reader:
+            model(*inputs.args, **inputs.kwargs)
+    except Exception:  # the failure is the expected one; only its name is wanted
+        pass
+    return reader.needs_values or reason
 
 
 def _op_order(tally: OpCount) -> tuple[int, int, str]:

@@ -482,6 +482,22 @@ def _summarize_on_cpu(request: _Request, reason: str, meta_net=None) -> ModelSum
     return summary
 
 
+def _weights_of(module) -> tuple[int, int]:
+    """The parameters (elements) and the bytes of parameters and buffers of ``module`` and its submodules, each
+    tensor once: ``parameters()`` and ``_tensor_bytes`` in one walk (the default table asks for both per row)."""
+    seen: set[int] = set()
+    params = size = 0
+    for submodule in module.modules():
+        for tensors, is_parameter in ((submodule._parameters, True), (submodule._buffers, False)):
+            for tensor in tensors.values():
+                if tensor is None or id(tensor) in seen:
+                    continue
+                seen.add(id(tensor))
+                size += tensor.numel() * tensor.element_size()
+                params += tensor.numel() if is_parameter else 0
+    return params, size
+
+
 def _tensor_bytes(net) -> int:
     tensors = {id(t): t for t in (*net.parameters(), *net.buffers())}.values()
     return sum(t.numel() * t.element_size() for t in tensors)
@@ -630,7 +646,7 @@ def _assemble(
 
 def _layer_row(record, macs_by_module: dict[str, int | None], request: _Request) -> LayerRow:
     macs = _macs_of(record, macs_by_module)
-    weights = _tensor_bytes(record.module)
+    params, weights = _weights_of(record.module)
     ran = record.calls > 0
     moved = weights + record.input_bytes + record.output_traffic if ran else None
     row = LayerRow(
@@ -638,7 +654,7 @@ def _layer_row(record, macs_by_module: dict[str, int | None], request: _Request)
         type=record.type,
         depth=record.depth,
         output_shape=[list(shape) for shape in record.output_shapes],
-        params=sum(p.numel() for p in record.module.parameters()),
+        params=params,
         macs=macs,
         calls=record.calls,
         shared=record.shared,
