@@ -11,6 +11,7 @@ import torch
 
 from lm_fixtures import make_padded_vocab_gpt2, make_tiny_gpt2
 from rlcli.errors import UsageError
+from rlcli.models.language.gpt2 import KVCache
 from rlcli.tasks.generate import Generator, SamplingOptions, load_language_model, next_token_scores, sample_tokens
 
 
@@ -317,6 +318,119 @@ def test_ids_beyond_the_tokenizer_are_never_sampled(padded_lm, options):
     emitted = [t for sample in result.samples for t in sample.token_ids]
     assert len(emitted) == 100
     assert max(emitted) < 300
+
+
+# --- many prompts in one batch ---------------------------------------------------------------------------------
+
+PROMPTS = ["To be", "whether 'tis nobler in the mind to suffer the slings", "", "Ü", "or not to be, that is the"]
+
+
+def alone(lm, prompt, options, seed):
+    return Generator(lm).generate(prompt, SamplingOptions(**{**vars(options), "seed": seed})).samples[0]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        SamplingOptions(max_new_tokens=12, temperature=0, ignore_eos=True),
+        SamplingOptions(max_new_tokens=12, temperature=0, repetition_penalty=1.5, ignore_eos=True),
+        SamplingOptions(max_new_tokens=12, temperature=0.8, top_k=20, top_p=0.9, ignore_eos=True),
+        SamplingOptions(max_new_tokens=12, temperature=1.0, top_k=0, ignore_eos=True),
+    ],
+    ids=["greedy", "penalty", "top-k-top-p", "full-vocabulary"],
+)
+def test_a_batch_of_prompts_gives_each_prompts_own_sample(lm, options):
+    """Left-padded, different lengths, one cache: each row is what the prompt gives alone with its seed."""
+    seeds = [10 + i for i in range(len(PROMPTS))]
+    batched = Generator(lm).generate_batch(PROMPTS, options, seeds)
+    for prompt, seed, sample in zip(PROMPTS, seeds, batched, strict=True):
+        single = alone(lm, prompt, options, seed)
+        assert (sample.token_ids, sample.text, sample.finish_reason) == (
+            single.token_ids,
+            single.text,
+            single.finish_reason,
+        ), prompt
+        assert sample.logprobs == pytest.approx(single.logprobs, abs=1e-4)
+
+
+def test_rows_end_independently_and_leave_the_batch(lm, monkeypatch):
+    """A stop string, <|endoftext|> and max tokens end rows at different steps; the others go on unchanged."""
+    options = SamplingOptions(max_new_tokens=16, temperature=0)
+    full = [alone(lm, p, replace_options(options, ignore_eos=True), 0) for p in PROMPTS]
+    monkeypatch.setattr(lm, "eos_id", full[1].token_ids[0])  # the second prompt ends at once by <|endoftext|>
+    texts = [alone(lm, p, replace_options(options, ignore_eos=True), 0).text for p in PROMPTS]  # "" starts from it
+    windows = (texts[3][i : i + 3] for i in range(len(texts[3]) - 2))
+    stop = next(w for w in windows if not any(w in t for t in texts[:3] + texts[4:]))  # the fourth by a stop string
+    options = replace_options(options, stop=(stop,))
+    kept_rows = []
+    original = KVCache.keep_rows
+
+    def spy(cache, rows):
+        kept_rows.append(rows.tolist())
+        original(cache, rows)
+
+    monkeypatch.setattr(KVCache, "keep_rows", spy)
+    batched = Generator(lm).generate_batch(PROMPTS, options, [0] * len(PROMPTS))
+    monkeypatch.setattr(KVCache, "keep_rows", original)
+    reasons = [s.finish_reason for s in batched]
+    assert reasons[1] == "eos" and reasons[3] == "stop" and "length" in reasons
+    assert kept_rows and all(len(rows) < len(PROMPTS) for rows in kept_rows)
+    for prompt, sample in zip(PROMPTS, batched, strict=True):
+        single = alone(lm, prompt, options, 0)
+        assert (sample.token_ids, sample.text, sample.finish_reason) == (
+            single.token_ids,
+            single.text,
+            single.finish_reason,
+        )
+
+
+def replace_options(options, **changes):
+    return SamplingOptions(**{**vars(options), **changes})
+
+
+def test_a_prompt_past_the_context_runs_alone_and_an_unrunnable_one_is_its_error(lm, monkeypatch):
+    long_prompt = "whether 'tis nobler in the mind to suffer " * 30  # generation will slide the window
+    options = SamplingOptions(max_new_tokens=30, temperature=0, ignore_eos=True)
+    batched = Generator(lm).generate_batch([long_prompt, "To be"], options, [0, 1])
+    assert batched[0].token_ids == alone(lm, long_prompt, options, 0).token_ids
+    assert batched[1].token_ids == alone(lm, "To be", options, 1).token_ids
+    monkeypatch.setattr(lm, "eos_id", None)
+    problem, fine = Generator(lm).generate_batch(["", "To be"], options, [0, 1])
+    assert "empty prompt" in str(problem) and fine.token_ids == batched[1].token_ids
+
+
+def write_prompts(path, prompts):
+    path.write_text("".join(json.dumps({"id": f"p{i}", "prompt": p}) + "\n" for i, p in enumerate(prompts)))
+    return path
+
+
+def test_cli_prompts_greedy_rows_equal_each_prompt_alone(rl, tiny_dir, tmp_path):
+    path = write_prompts(tmp_path / "prompts.jsonl", PROMPTS)
+    common = ["-m", str(tiny_dir), "--temperature", "0", "-n", "8", "--stop", "e t"]
+    result = rl("generate", "--prompts", str(path), *common, "--batch-size", "4")
+    assert result.code == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    for index, (prompt, row) in enumerate(zip(PROMPTS, rows, strict=True)):
+        single = rl("generate", *common, "--json", prompt)
+        sample = json.loads(single.stdout)["samples"][0]
+        expected = {"text": sample["text"], "tokens": sample["token_ids"], "finish_reason": sample["finish_reason"]}
+        assert row == {"id": f"p{index}", **expected}
+
+
+def test_cli_seeded_sampling_does_not_depend_on_the_batch_size(rl, tiny_dir, tmp_path):
+    """Prompt k (from 0) samples with seed --seed + k, whatever the batch: rows equal across --batch-size 1 and 4,
+    and equal to `rl generate --seed S+k PROMPT` alone."""
+    path = write_prompts(tmp_path / "prompts.jsonl", PROMPTS)
+    common = ["-m", str(tiny_dir), "-n", "10", "--seed", "3", "--ignore-eos"]
+    runs = [rl("generate", "--prompts", str(path), *common, "--batch-size", size) for size in ("1", "4")]
+    assert [r.code for r in runs] == [0, 0], runs[1].stderr
+    assert runs[0].stdout == runs[1].stdout
+    rows = [json.loads(line) for line in runs[1].stdout.splitlines()]
+    for index, (prompt, row) in enumerate(zip(PROMPTS, rows, strict=True)):
+        single = rl("generate", "-m", str(tiny_dir), "-n", "10", "--seed", str(3 + index), "--ignore-eos", "--json",
+                    prompt)  # fmt: skip
+        assert row["tokens"] == json.loads(single.stdout)["samples"][0]["token_ids"]
+    assert len({tuple(r["tokens"]) for r in rows}) == len(rows)
 
 
 @pytest.mark.parametrize(

@@ -86,6 +86,83 @@ def test_kv_cache_equals_full_recomputation(lm):
     torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-4, atol=1e-4)
 
 
+def left_padded(lengths, vocab, seed, pad=0):
+    """Random rows of ``lengths`` tokens, left-padded with ``pad`` to the longest, and their attention mask."""
+    generator = torch.Generator().manual_seed(seed)
+    width = max(lengths)
+    ids = torch.full((len(lengths), width), pad, dtype=torch.long)
+    mask = torch.zeros(len(lengths), width, dtype=torch.long)
+    for row, length in enumerate(lengths):
+        ids[row, width - length :] = torch.randint(0, vocab, (length,), generator=generator)
+        mask[row, width - length :] = 1
+    return ids, mask
+
+
+def hf_positions(mask):
+    """transformers' position ids for a left-padded batch (GPT-2's prepare_inputs_for_generation)."""
+    return (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
+
+
+def test_left_padded_batch_logits_match_the_reference_with_its_mask_and_positions(lm, reference):
+    ids, mask = left_padded([7, 19, 1, 12], lm.config.vocab_size, seed=11)
+    with torch.inference_mode():
+        ours = lm.model(ids, attention_mask=mask)
+        theirs = reference(ids, attention_mask=mask, position_ids=hf_positions(mask)).logits
+    real = mask.bool()
+    assert (ours[real] - theirs[real]).abs().max().item() < 1e-4
+    assert torch.isfinite(ours).all()  # padding rows too: nothing NaN that could spread
+
+
+def test_left_padded_batch_with_the_cache_matches_the_reference_step_by_step(lm, reference):
+    """Prompt of the padded batch, then decoding steps through the shared cache (one token, then three), each
+    against transformers' full forward over everything so far with the same mask and positions."""
+    from rlcli.models.language.gpt2 import KVCache
+
+    ids, mask = left_padded([3, 9, 6], lm.config.vocab_size, seed=12)
+    more = torch.randint(0, lm.config.vocab_size, (3, 6), generator=torch.Generator().manual_seed(13))
+    cache = KVCache(lm.config, 3, 20, torch.float32, torch.device("cpu"))
+    full_ids, full_mask = torch.cat([ids, more], 1), torch.cat([mask, torch.ones_like(more)], 1)
+    with torch.inference_mode():
+        steps = [lm.model(ids, cache, attention_mask=full_mask)]
+        steps += [lm.model(more[:, t : t + 1], cache, attention_mask=full_mask) for t in range(3)]
+        steps.append(lm.model(more[:, 3:], cache, attention_mask=full_mask))
+        theirs = reference(full_ids, attention_mask=full_mask, position_ids=hf_positions(full_mask)).logits
+    ours = torch.cat(steps, dim=1)
+    real = full_mask.bool()
+    assert (ours[real] - theirs[real]).abs().max().item() < 1e-4
+
+
+def test_dropping_finished_rows_from_the_cache_keeps_the_others(lm):
+    from rlcli.models.language.gpt2 import KVCache
+
+    ids, mask = left_padded([4, 8, 5], lm.config.vocab_size, seed=14)
+    nxt = torch.randint(0, lm.config.vocab_size, (3, 1), generator=torch.Generator().manual_seed(15))
+    full_mask = torch.cat([mask, torch.ones(3, 1, dtype=torch.long)], 1)
+    with torch.inference_mode():
+        cache = KVCache(lm.config, 3, 12, torch.float32, torch.device("cpu"))
+        lm.model(ids, cache, attention_mask=mask)
+        kept = torch.tensor([2, 0])
+        cache.keep_rows(kept)
+        ours = lm.model(nxt[kept], cache, attention_mask=full_mask[kept])
+        expected = [lm.model(torch.cat([ids[r : r + 1, -n:], nxt[r : r + 1]], 1))[:, -1:] for r, n in ((2, 5), (0, 4))]
+    torch.testing.assert_close(ours, torch.cat(expected), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "int8"])
+def test_left_padded_batch_in_packed_bfloat16_and_int8_equals_each_row_alone(tiny_dir, dtype):
+    """The masked attention path with the packed bfloat16 and int8 layers: a row of a padded batch gives the
+    logits that row gives alone, in the same dtype (up to the rounding of a matmul over more rows)."""
+    lm = load_language_model(str(tiny_dir), dtype=dtype, device="cpu")
+    lengths = [5, 16, 9]
+    ids, mask = left_padded(lengths, lm.config.vocab_size, seed=16)
+    with torch.inference_mode():
+        batched = lm.model(ids, attention_mask=mask).float()
+        for row, length in enumerate(lengths):
+            alone = lm.model(ids[row : row + 1, -length:].clone()).float()[0]
+            spread = alone.std().item()
+            assert (batched[row, -length:] - alone).abs().max().item() <= 0.05 * spread, (dtype, row)
+
+
 def test_gpt2_small_has_the_papers_parameter_count():
     summary = summarize("gpt2", input_size="128", depth=0)
     assert summary.params == 124_439_808

@@ -185,6 +185,17 @@ def test_generate_prompts_on_ray_equal_the_local_run(rl, ray_instance, tiny_lm, 
     }
 
 
+def test_seeded_sampling_on_ray_equals_the_local_run_whatever_the_batches(rl, ray_instance, tiny_lm, tmp_path):
+    """Each prompt samples from its own seed (--seed + its place in the file): other batches, same rows."""
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ["To be", "or not", "", "the slings", "Ü"]))
+    common = ["generate", "--prompts", str(prompts), "-m", str(tiny_lm), "--seed", "5", "-n", "6", "--ignore-eos"]
+    local = rl(*common, "--batch-size", "3")
+    distributed = rl(*common, "--batch-size", "2", "--ray")
+    assert (local.code, distributed.code) == (0, 0), distributed.stderr
+    assert distributed.stdout == local.stdout and len(local.stdout.splitlines()) == 5
+
+
 def test_a_worker_that_dies_loses_and_duplicates_nothing(rl, ray_instance, classifier, images, tmp_path, monkeypatch):
     marker = tmp_path / "died"
     monkeypatch.setenv("RL_RAY_TEST_EXIT_ONCE", str(marker))

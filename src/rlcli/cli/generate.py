@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -45,8 +47,11 @@ Examples:
 
 --prompts FILE.jsonl runs many prompts ({"prompt": "...", "id": ...} per line; id defaults to the line number),
 the model loaded once, and writes one JSON line per prompt, in the file's order: id, text, tokens (the new token
-ids) and finish_reason, or id and error. With --ray the prompts are spread over --workers actors on a Ray cluster
-(RAY_ADDRESS, else a local instance), --batch-size prompts per task.
+ids) and finish_reason, or id and error. --batch-size consecutive prompts (8) are decoded together, left-padded
+to the longest, each row ending on its own. Prompt k of the file (from 0) samples with seed --seed + k (without
+--seed, a seed drawn for the run and named on stderr), so the batch size never changes a row: each is what
+`rl generate --seed SEED+k PROMPT` prints. With --ray the batches are spread over --workers actors on a Ray
+cluster (RAY_ADDRESS, else a local instance), one batch per task.
 """
 
 
@@ -99,7 +104,9 @@ def generate_command(
     ray: bool = typer.Option(False, "--ray", help="With --prompts: run on a Ray cluster (pip install 'rlcli[ray]')."),
     workers: int = typer.Option(1, "--workers", "-j", min=1, help="With --ray: model actors."),
     gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", min=0, help="With --ray: GPUs per actor."),
-    batch_size: int = typer.Option(8, "--batch-size", "-b", min=1, help="With --ray: prompts per task."),
+    batch_size: int = typer.Option(
+        8, "--batch-size", "-b", min=1, help="With --prompts: prompts decoded together (and per task with --ray)."
+    ),
 ) -> None:
     from rlcli.tasks.generate import Generator, SamplingOptions, default_model, load_language_model
 
@@ -124,6 +131,10 @@ def generate_command(
             model, why = default_model()
             if why:
                 note(why)
+        if options.seed is None:
+            options = replace(options, seed=int.from_bytes(os.urandom(8), "little") >> 2)
+            if options.temperature > 0:
+                note(f"seed {options.seed} (prompt k of the file samples with seed {options.seed} + k)")
         run_prompts(prompts, output, force, model, dtype.value, device.value, options, ray, workers, gpus_per_worker,
                     batch_size)  # fmt: skip
         return
@@ -194,7 +205,7 @@ def run_prompts(path, output, force, model, dtype, device, options, ray, workers
         resolve_model_folder(model)  # a model that is nowhere is one error here, not one per worker
         generate_on_ray(job, lines, RayOptions(workers, gpus_per_worker, batch_size, quiet=not STATE.debug), sink)
     else:
-        generate_locally(job, job.load(), lines, sink)
+        generate_locally(job, job.load(), lines, sink, batch_size)
     ordered = [rows[i] for i in range(len(lines))]
     if output is not None:
         write_jsonl(output, ordered, overwrite=force)

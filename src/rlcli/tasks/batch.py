@@ -686,7 +686,11 @@ def read_prompts(path: Path) -> list[PromptLine]:
 
 @dataclass(frozen=True)
 class GenerateJob:
-    """A language model and sampling options; each prompt gives one row (id, text, tokens, finish reason)."""
+    """A language model and sampling options; each prompt gives one row (id, text, tokens, finish reason).
+
+    ``options.seed`` is set (the driver draws one when the user gave none): the prompt at position ``k`` samples
+    with ``tasks.generate.prompt_seed(seed, k)``, so a row does not depend on the batch or the worker it ran in.
+    """
 
     model: str
     dtype: str
@@ -698,20 +702,36 @@ class GenerateJob:
 
         return Generator(load_language_model(self.model, dtype=self.dtype, device=device or self.device))
 
-    def row(self, generator, line: PromptLine) -> Row:
+    def rows(self, generator, lines: list[tuple[int, PromptLine]]) -> list[Row]:
+        """The rows of ``lines`` ((position, line) pairs), their prompts decoded together as one batch."""
+        from rlcli.tasks.generate import prompt_seed
+
+        runnable = [(position, line) for position, line in lines if line.error is None]
+        samples = generator.generate_batch(
+            [line.prompt for _, line in runnable],
+            self.options,
+            [prompt_seed(self.options.seed, position) for position, _ in runnable],
+        )
+        outcome = {position: sample for (position, _), sample in zip(runnable, samples, strict=True)}
+        return [self._row(line, outcome.get(position)) for position, line in lines]
+
+    @staticmethod
+    def _row(line: PromptLine, sample) -> Row:
         if line.error is not None:
             return {"id": line.id, "error": line.error}
-        try:
-            result = generator.generate(line.prompt, self.options)
-        except RlError as exc:
-            return {"id": line.id, "error": str(exc)}
-        sample = result.samples[0]
+        if isinstance(sample, RlError):
+            return {"id": line.id, "error": str(sample)}
         return {"id": line.id, "text": sample.text, "tokens": sample.token_ids, "finish_reason": sample.finish_reason}
 
 
-def generate_locally(job: GenerateJob, generator, prompts: list[PromptLine], sink: RowSink) -> None:
-    for position, line in enumerate(prompts):
-        sink(position, job.row(generator, line))
+def generate_locally(
+    job: GenerateJob, generator, prompts: list[PromptLine], sink: RowSink, batch_size: int = 8
+) -> None:
+    """The prompts in batches of ``batch_size`` consecutive ones (the batches of ``generate_on_ray``'s tasks)."""
+    for start in range(0, len(prompts), batch_size):
+        lines = list(enumerate(prompts[start : start + batch_size], start=start))
+        for (position, _), row in zip(lines, job.rows(generator, lines), strict=True):
+            sink(position, row)
 
 
 class GenerateWorker:
@@ -728,10 +748,8 @@ class GenerateWorker:
             return _fatal(self.failure)
         self.batches += 1
         _exit_once(self.exit_once, self.batches)
-        rows = []
-        for text in batch["line"]:
-            line = PromptLine(**json.loads(text))
-            rows.append(json.dumps(self.job.row(self.generator, line), ensure_ascii=False))
+        lines = [(int(p), PromptLine(**json.loads(t))) for p, t in zip(batch["input"], batch["line"], strict=True)]
+        rows = [json.dumps(row, ensure_ascii=False) for row in self.job.rows(self.generator, lines)]
         return {"input": np.asarray(batch["input"], dtype=np.int64), "row": np.array(rows, dtype=object)}
 
 

@@ -11,8 +11,8 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -274,24 +274,35 @@ def next_token_scores(logits: torch.Tensor, options: SamplingOptions, seen: torc
 
 
 def sample_tokens(
-    logits: torch.Tensor, options: SamplingOptions, seen: torch.Tensor | None, generator: torch.Generator
+    logits: torch.Tensor,
+    options: SamplingOptions,
+    seen: torch.Tensor | None,
+    generator: torch.Generator | Sequence[torch.Generator],
 ) -> torch.Tensor:
     """One token per row, drawn from ``softmax(next_token_scores(...))``; argmax when temperature is 0.
 
     With top-k the draw happens among the k candidates only: a softmax and a multinomial over 50 values
-    instead of 50,257 (about 1.5 ms per token for GPT-2 on 2 cores).
+    instead of 50,257 (about 1.5 ms per token for GPT-2 on 2 cores). ``generator`` is one random stream for the
+    whole batch, or one per row: each row then draws from its own, exactly as it would in a batch of one.
     """
     if options.temperature == 0:
         return _penalised(logits, options, seen).argmax(dim=-1)
     if not 0 < options.top_k < logits.shape[-1]:
         probs = next_token_scores(logits, options, seen).softmax(dim=-1)
-        return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        return _draw(probs, generator).squeeze(1)
     scores = _penalised(logits, options, seen) / options.temperature
     values, indices = torch.topk(scores, options.top_k, dim=-1)  # sorted, best first
     if options.top_p < 1.0:
         values = values.masked_fill(_outside_nucleus(values, options.top_p), float("-inf"))
-    pick = torch.multinomial(values.softmax(dim=-1), 1, generator=generator)
+    pick = _draw(values.softmax(dim=-1), generator)
     return indices.gather(1, pick).squeeze(1)
+
+
+def _draw(probs: torch.Tensor, generator: torch.Generator | Sequence[torch.Generator]) -> torch.Tensor:
+    if isinstance(generator, torch.Generator):
+        return torch.multinomial(probs, 1, generator=generator)
+    rows = [torch.multinomial(probs[row : row + 1], 1, generator=g) for row, g in enumerate(generator)]
+    return torch.cat(rows)
 
 
 def _penalised(logits: torch.Tensor, options: SamplingOptions, seen: torch.Tensor | None) -> torch.Tensor:
@@ -312,10 +323,20 @@ def _outside_nucleus(ordered: torch.Tensor, top_p: float) -> torch.Tensor:
 # --- generation ----------------------------------------------------------------------------------------------
 
 
-def generation_bytes(config: GPT2Config, batch: int, dtype: torch.dtype) -> int:
-    """What a batch of samples allocates at least: keys and values (in ``dtype``) of every layer for the whole
-    context, and one row of float32 logits per sample."""
-    cache = 2 * config.n_layer * batch * config.n_positions * config.n_embd * dtype.itemsize
+def prompt_seed(seed: int, position: int) -> int:
+    """The seed of the prompt at ``position`` (from 0) of a list run with ``seed``: ``seed + position``.
+
+    Each prompt samples from its own random stream, so its text depends on the seed and its place in the list
+    only, never on the batch it was decoded in: it is the text ``rl generate --seed SEED+POSITION PROMPT`` gives.
+    """
+    return seed + position
+
+
+def generation_bytes(config: GPT2Config, batch: int, dtype: torch.dtype, length: int | None = None) -> int:
+    """What a batch of samples allocates at least: keys and values (in ``dtype``) of every layer for ``length``
+    positions (the whole context by default), and one row of float32 logits per sample."""
+    length = config.n_positions if length is None else length
+    cache = 2 * config.n_layer * batch * length * config.n_embd * dtype.itemsize
     return cache + batch * config.vocab_size * 4
 
 
@@ -400,19 +421,9 @@ class Generator:
         the samples that ran to max_new_tokens or were interrupted, in index order."""
         options.validate()
         listeners = _Listeners(on_text, on_finish)
-        lm, config = self.lm, self.lm.config
+        lm = self.lm
         warnings: list[str] = []
-        prompt_ids = lm.tokenizer.encode(prompt).ids if prompt else []
-        if not prompt_ids:
-            if lm.eos_id is None:
-                raise RlError("empty prompt, and the tokenizer has no <|endoftext|> token to start from")
-            prompt_ids = [lm.eos_id]  # GPT-2 starts unconditional samples from <|endoftext|>
-        room = config.n_positions - min(options.max_new_tokens, config.n_positions // 4)
-        if len(prompt_ids) > room:
-            warnings.append(
-                f"the prompt has {len(prompt_ids)} tokens; the context holds {config.n_positions}: kept its last {room}"
-            )
-            prompt_ids = prompt_ids[-room:]
+        prompt_ids = self._prompt_ids(prompt, options, warnings)
         check_generation_fits(lm, options)
         seed = options.seed if options.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
         streams = [_Stream() for _ in range(options.num_samples)]
@@ -449,6 +460,106 @@ class Generator:
             interrupted=interrupted,
         )
 
+    def _prompt_ids(self, prompt: str, options: SamplingOptions, warnings: list[str]) -> list[int]:
+        """The prompt's token ids: <|endoftext|> for an empty prompt, the last ones when it leaves no room."""
+        lm, config = self.lm, self.lm.config
+        prompt_ids = lm.tokenizer.encode(prompt).ids if prompt else []
+        if not prompt_ids:
+            if lm.eos_id is None:
+                raise RlError("empty prompt, and the tokenizer has no <|endoftext|> token to start from")
+            prompt_ids = [lm.eos_id]  # GPT-2 starts unconditional samples from <|endoftext|>
+        room = config.n_positions - min(options.max_new_tokens, config.n_positions // 4)
+        if len(prompt_ids) > room:
+            warnings.append(
+                f"the prompt has {len(prompt_ids)} tokens; the context holds {config.n_positions}: kept its last {room}"
+            )
+            prompt_ids = prompt_ids[-room:]
+        return prompt_ids
+
+    def generate_batch(
+        self, prompts: Sequence[str], options: SamplingOptions, seeds: Sequence[int]
+    ) -> list[Sample | RlError]:
+        """One sample per prompt, the prompts decoded together as one batch; for a prompt that cannot be run (an
+        empty prompt without <|endoftext|>), its error in its place.
+
+        The prompts are left-padded to the longest, with an attention mask and per-row positions
+        (``GPT2.forward``'s ``attention_mask``), over one key/value cache; a row that ends (<|endoftext|>, a stop
+        string) leaves the batch, and the others go on. Each prompt samples from its own random stream, seeded with
+        its entry of ``seeds``: its sample is the one ``generate`` gives it alone with that seed, whatever else is
+        in the batch (up to the last bits of the logits, which a matmul over more rows may round differently).
+        A prompt whose generation would pass the context (where the window slides, row by row) runs alone.
+        """
+        options.validate()
+        if options.num_samples != 1:
+            raise UsageError("a batch of prompts takes one sample per prompt")
+        results: list[Sample | RlError | None] = [None] * len(prompts)
+        batched: list[tuple[int, list[int]]] = []
+        for slot, (prompt, seed) in enumerate(zip(prompts, seeds, strict=True)):
+            try:
+                prompt_ids = self._prompt_ids(prompt, options, [])
+            except RlError as exc:
+                results[slot] = exc
+                continue
+            if len(prompt_ids) + options.max_new_tokens > self.lm.config.n_positions:
+                results[slot] = self.generate(prompt, replace(options, seed=seed)).samples[0]
+            else:
+                batched.append((slot, prompt_ids))
+        if batched:
+            with torch.inference_mode():
+                samples = self._batch_loop([ids for _, ids in batched], options, [seeds[s] for s, _ in batched])
+            for (slot, _), sample in zip(batched, samples, strict=True):
+                results[slot] = sample
+        return results  # type: ignore[return-value]  # every slot is filled
+
+    def _batch_loop(self, prompt_ids: list[list[int]], options: SamplingOptions, seeds: list[int]) -> list[Sample]:
+        lm, config, device = self.lm, self.lm.config, self.lm.device
+        batch, width = len(prompt_ids), max(map(len, prompt_ids))
+        length = width + options.max_new_tokens
+        kv_dtype = cache_dtype(lm.dtype, device)
+        if device.type == "cpu":
+            needed = generation_bytes(config, batch, kv_dtype, length)
+            check_fits_in_memory(needed, f"a batch of {batch} prompts (the key/value cache and logits)")
+        ids = torch.full((batch, width), lm.eos_id or 0, dtype=torch.long, device=device)
+        valid = torch.zeros((batch, width), dtype=torch.bool, device=device)
+        for row, row_ids in enumerate(prompt_ids):
+            ids[row, width - len(row_ids) :] = torch.tensor(row_ids, device=device)
+            valid[row, width - len(row_ids) :] = True
+        seen = None
+        if options.repetition_penalty != 1.0:
+            seen = torch.zeros(batch, config.vocab_size, dtype=torch.bool, device=device)
+            for row, row_ids in enumerate(prompt_ids):
+                seen[row, row_ids] = True
+        generators = [torch.Generator(device=device).manual_seed(seed) for seed in seeds]
+        streams = [_Stream() for _ in range(batch)]
+        active = list(range(batch))  # the stream of each row of the batch, as finished rows leave it
+        cache = KVCache(config, batch, length, kv_dtype, device)
+        padded = not bool(valid.all())
+        logits = self._next_logits(ids, cache, last_only=True, attention_mask=valid if padded else None)
+        quiet = _Listeners()
+        for step in range(options.max_new_tokens):
+            tokens = sample_tokens(logits, options, seen, [generators[i] for i in active])
+            logprobs = logits.log_softmax(dim=-1).gather(1, tokens[:, None]).squeeze(1)
+            for stream, token, logprob in zip(active, tokens.tolist(), logprobs.tolist(), strict=True):
+                self._append(streams[stream], stream, token, logprob, options, quiet)
+            keep = [row for row, stream in enumerate(active) if streams[stream].finish_reason is None]
+            if not keep or step == options.max_new_tokens - 1:
+                break
+            if len(keep) < len(active):
+                rows = torch.tensor(keep, device=device)
+                cache.keep_rows(rows)
+                tokens, valid = tokens[rows], valid[rows]
+                seen = None if seen is None else seen[rows]
+                active = [active[row] for row in keep]
+                padded = not bool(valid.all())
+            if seen is not None:
+                seen[torch.arange(len(active), device=device), tokens] = True
+            valid = torch.cat([valid, valid.new_ones(len(active), 1)], dim=1)
+            logits = self._next_logits(tokens[:, None], cache, attention_mask=valid if padded else None)
+        for stream in streams:
+            if stream.finish_reason is None:
+                stream.finish_reason = "length"
+        return [stream.as_sample() for stream in streams]
+
     def _loop(self, prompt_ids, options, seed, streams, listeners, warnings) -> float | None:
         lm, config = self.lm, self.lm.config
         batch, device = options.num_samples, lm.device
@@ -484,14 +595,17 @@ class Generator:
                 logits = self._next_logits(tokens[:, None], cache)
         return first_token_at
 
-    def _next_logits(self, ids: torch.Tensor, cache: KVCache, last_only: bool = False) -> torch.Tensor:
+    def _next_logits(
+        self, ids: torch.Tensor, cache: KVCache, last_only: bool = False, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Float32 logits [batch, vocab] of the position after ``ids``, ids the tokenizer cannot decode at -inf.
 
         A vocabulary padded past the tokenizer's (GPT-2 trained at 50304 for speed) has rows no text maps to;
         masking them here, before anything reads the logits, keeps them out of every sampling path and out of
         the reported log-probabilities.
         """
-        logits = self.lm.model(ids, cache, last_only=last_only)[:, -1].float()
+        padding = {} if attention_mask is None else {"attention_mask": attention_mask}
+        logits = self.lm.model(ids, cache, last_only=last_only, **padding)[:, -1].float()
         decodable = self.lm.tokenizer.get_vocab_size()
         if decodable < logits.shape[-1]:
             logits[:, decodable:] = float("-inf")
@@ -499,27 +613,29 @@ class Generator:
 
     def _record(self, tokens, logprobs, streams, options, listeners) -> bool:
         """Append one token to each unfinished sample; True when every sample has finished."""
-        tokenizer = self.lm.tokenizer
         for index, (stream, token, logprob) in enumerate(zip(streams, tokens, logprobs, strict=True)):
-            if stream.finish_reason is not None:
-                continue
-            stream.ids.append(token)
-            stream.logprobs.append(logprob)
-            if token == self.lm.eos_id and not options.ignore_eos:
-                self._finish(stream, index, "eos", options, listeners)
-                continue
-            settled = settled_length(stream.text)
-            stream.text = tokenizer.decode(stream.ids, skip_special_tokens=False)
-            if options.stop:
-                # A new match ends in the changed part, which starts where the previous text stopped being settled.
-                window_start = max(0, settled - max(len(s) for s in options.stop) + 1)
-                hits = [i for i in (stream.text.find(s, window_start) for s in options.stop) if i >= 0]
-                if hits:
-                    stream.text = stream.text[: min(hits)]
-                    self._finish(stream, index, "stop", options, listeners)
-                    continue
-            self._emit(stream, index, options, listeners.on_text, final=False)
+            if stream.finish_reason is None:
+                self._append(stream, index, token, logprob, options, listeners)
         return all(s.finish_reason is not None for s in streams)
+
+    def _append(self, stream: _Stream, index: int, token: int, logprob: float, options, listeners) -> None:
+        """One new token of one sample: its text, and its end at <|endoftext|> or a stop string."""
+        stream.ids.append(token)
+        stream.logprobs.append(logprob)
+        if token == self.lm.eos_id and not options.ignore_eos:
+            self._finish(stream, index, "eos", options, listeners)
+            return
+        settled = settled_length(stream.text)
+        stream.text = self.lm.tokenizer.decode(stream.ids, skip_special_tokens=False)
+        if options.stop:
+            # A new match ends in the changed part, which starts where the previous text stopped being settled.
+            window_start = max(0, settled - max(len(s) for s in options.stop) + 1)
+            hits = [i for i in (stream.text.find(s, window_start) for s in options.stop) if i >= 0]
+            if hits:
+                stream.text = stream.text[: min(hits)]
+                self._finish(stream, index, "stop", options, listeners)
+                return
+        self._emit(stream, index, options, listeners.on_text, final=False)
 
     def _finish(self, stream: _Stream, index: int, reason: str, options: SamplingOptions, listeners: _Listeners):
         stream.finish_reason = reason

@@ -155,6 +155,11 @@ class KVCache:
         self.values = [torch.empty(shape, dtype=dtype, device=device) for _ in range(config.n_layer)]
         self.filled = 0  # positions written so far, shared by all layers
 
+    def keep_rows(self, rows: torch.Tensor) -> None:
+        """Keep only the batch rows ``rows`` (indices), in that order: finished sequences leave the batch."""
+        self.keys = [k[rows] for k in self.keys]
+        self.values = [v[rows] for v in self.values]
+
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPT2Config, layer: int = 0) -> None:
@@ -165,7 +170,11 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # query, key, value in one projection
         self.c_proj = nn.Linear(config.n_embd, config.n_embd)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``mask`` (bool, [batch, 1, steps, positions so far], True = may attend; ``padding_mask``) replaces the
+        causal mask when some rows hold padding."""
         batch, steps, channels = x.shape
         q, k, v = self.c_attn(x).split(channels, dim=2)
         q, k, v = (t.view(batch, steps, self.n_head, -1).transpose(1, 2) for t in (q, k, v))
@@ -175,14 +184,15 @@ class CausalSelfAttention(nn.Module):
             if cache is not None:
                 cache.keys[layer][:, :, :steps] = k
                 cache.values[layer][:, :, :steps] = v
-            y = self._attend(q, k, v, is_causal=True)
+            y = self._attend(q, k, v, is_causal=True) if mask is None else self._attend(q, k, v, attn_mask=mask)
         else:
             start, end = cache.filled, cache.filled + steps
             cache.keys[layer][:, :, start:end] = k
             cache.values[layer][:, :, start:end] = v
             k, v = cache.keys[layer][:, :, :end], cache.values[layer][:, :, :end]
             # New tokens see every cached position and the new ones up to themselves.
-            mask = None if steps == 1 else torch.ones(steps, end, dtype=torch.bool, device=x.device).tril(start)
+            if mask is None and steps > 1:
+                mask = torch.ones(steps, end, dtype=torch.bool, device=x.device).tril(start)
             y = self._attend(q, k, v, attn_mask=mask)
         return self.c_proj(y.transpose(1, 2).reshape(batch, steps, channels).to(x.dtype))
 
@@ -215,8 +225,10 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), cache, layer)
+    def forward(
+        self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, layer, mask)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -249,24 +261,58 @@ class GPT2(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def forward(self, ids: torch.Tensor, cache: KVCache | None = None, last_only: bool = False) -> torch.Tensor:
+    def forward(
+        self,
+        ids: torch.Tensor,
+        cache: KVCache | None = None,
+        last_only: bool = False,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Logits for ``ids`` [batch, steps]; with a cache, ``ids`` continue the cached positions.
 
         ``last_only`` computes logits for the final position only: prompt processing then skips the LM head
         (a third of GPT-2 small's compute per token) for every position but the one sampled from.
+
+        ``attention_mask`` [batch, positions so far + steps] (1 = token, 0 = padding) batches sequences of different
+        lengths, left-padded, as transformers does: padding is never attended to, and each row's positions count
+        its tokens only (``position_ids`` from the mask's cumulative sum), so a row's logits are those of the row
+        alone.
         """
         start = cache.filled if cache is not None else 0
         steps = ids.shape[1]
         if start + steps > self.config.n_positions:
             raise ValueError(f"{start + steps} positions exceed the context of {self.config.n_positions}")
-        positions = torch.arange(start, start + steps, device=ids.device)
+        mask = None
+        if attention_mask is None:
+            positions = torch.arange(start, start + steps, device=ids.device)
+        else:
+            valid = attention_mask[:, : start + steps].bool()
+            positions = (valid.long().cumsum(-1) - 1).clamp(min=0)[:, start:]
+            mask = padding_mask(valid, steps)
         x = self.transformer.wte(ids) + self.transformer.wpe(positions)
         for layer, block in enumerate(self.transformer.h):
-            x = block(x, cache, layer)
+            x = block(x, cache, layer, mask)
         if cache is not None:
             cache.filled = start + steps
         x = self.transformer.ln_f(x[:, -1:] if last_only else x)
         return self.lm_head(x)
+
+
+def padding_mask(valid: torch.Tensor, steps: int) -> torch.Tensor:
+    """Which keys each of the last ``steps`` queries may attend to, [batch, 1, steps, positions], from ``valid``
+    [batch, positions] (False = padding): earlier or equal positions that are not padding.
+
+    A query at a padding position would have no key at all, and attention over nothing is NaN, which would then
+    reach every later layer through that position's keys and values (a masked key's value is still multiplied by
+    its zero weight, and 0 x NaN is NaN); such a query attends to itself, finite and never read.
+    """
+    end = valid.shape[1]
+    keys = valid[:, None, None, :]
+    if steps == 1:
+        return keys
+    causal = torch.ones(steps, end, dtype=torch.bool, device=valid.device).tril(end - steps)
+    itself = torch.ones(steps, end, dtype=torch.bool, device=valid.device).tril(end - steps).triu(end - steps)
+    return (keys & causal) | itself
 
 
 def quantize_int8(model: GPT2, dtype: torch.dtype = torch.bfloat16) -> GPT2:
