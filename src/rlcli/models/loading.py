@@ -11,7 +11,7 @@ arguments are checked against what the builder accepts, stored preprocessing and
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -217,6 +217,28 @@ def load_model_file(
         weights=source,
         outputs=outputs,
     )
+
+
+def checkpoint_spec(path: Path) -> ModelSpec:
+    """A self-describing checkpoint as a model to inspect (``rl summary model.pt``): the architecture it records,
+    looked up in the registries only, built with its stored arguments (checked) and the widths its weights imply,
+    at the crop its preprocessing names. Named ``ARCH (FILE)``; counting needs no weights, so none are kept."""
+    checkpoint = load_checkpoint(path)
+    source, info = str(path), checkpoint.info
+    if info is None or info.arch is None:
+        raise ModelNotFoundError(
+            f"{source} does not record its architecture (rl's checkpoints do); summarise the architecture by its "
+            "name instead"
+        )
+    spec = architecture_of(None, info, source)
+    arguments = builder_arguments(spec, checkpoint.state_dict, info, source)
+    size = _input_for(spec, preprocess_for(spec, info, source)) or spec.card.default_input
+    card = replace(spec.card, name=f"{spec.card.name} ({path.name})", default_input=size)
+
+    def build(input_size: tuple[int, ...], **options: Any) -> nn.Module:
+        return spec.builder(input_size, **{**arguments, **options})
+
+    return replace(spec, card=card, builder=build, arguments=spec.arguments or spec.builder)
 
 
 def _input_for(spec: ModelSpec, preprocess: Preprocess | None) -> tuple[int, ...] | None:

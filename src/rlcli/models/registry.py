@@ -20,6 +20,7 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -256,6 +257,10 @@ def get_spec(name: str, *, user_code: bool = False) -> ModelSpec:
             f"'{name}' is not a registered model but a reference to Python code, which rl runs only when you type "
             f"it yourself: pass --model {name} if you trust it"
         )
+    if user_code and _is_checkpoint_file(name):  # a file the user named, read as data: its recorded architecture
+        from rlcli.models.loading import checkpoint_spec
+
+        return checkpoint_spec(Path(name))
     if user_code:  # a Hugging Face model folder or cached Hub name: its config.json is read as data, never run
         from rlcli.models.language.hf_config import spec_from_hf
 
@@ -264,6 +269,13 @@ def get_spec(name: str, *, user_code: bool = False) -> ModelSpec:
     close = suggest(name, model_names())
     hint = f"; did you mean {', '.join(close)}?" if close else "; `rl models` lists them"
     raise ModelNotFoundError(f"unknown model '{name}'{hint}")
+
+
+def _is_checkpoint_file(name: str) -> bool:
+    from rlcli.core.checkpoints import SAFETENSORS_SUFFIX, TORCH_SUFFIXES
+
+    path = Path(name)
+    return path.suffix in (*TORCH_SUFFIXES, SAFETENSORS_SUFFIX) and path.is_file()
 
 
 @cache
