@@ -754,7 +754,8 @@ class GenerateWorker:
 
 
 def generate_on_ray(job: GenerateJob, prompts: list[PromptLine], options: RayOptions, sink: RowSink) -> None:
-    """Prompts spread over a pool of ``options.workers`` actors, ``options.batch_size`` prompts per task."""
+    """Prompts spread over a pool of ``options.workers`` actors, ``options.batch_size`` consecutive prompts per task
+    (``generate_locally``'s batches), each task's prompts decoded together."""
     ray = connect_ray(options.quiet)
     check_cluster(ray, options, decoding=False)
     items = [{"input": i, "line": json.dumps(vars(line), ensure_ascii=False)} for i, line in enumerate(prompts)]

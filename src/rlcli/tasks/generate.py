@@ -486,7 +486,8 @@ class Generator:
         (``GPT2.forward``'s ``attention_mask``), over one key/value cache; a row that ends (<|endoftext|>, a stop
         string) leaves the batch, and the others go on. Each prompt samples from its own random stream, seeded with
         its entry of ``seeds``: its sample is the one ``generate`` gives it alone with that seed, whatever else is
-        in the batch (up to the last bits of the logits, which a matmul over more rows may round differently).
+        in the batch, up to rounding: a matmul over more rows may round a logit differently (its last bit in
+        float32; in bfloat16 and int8 a rounding step can move it further, and change a token).
         A prompt whose generation would pass the context (where the window slides, row by row) runs alone.
         """
         options.validate()
