@@ -49,9 +49,10 @@ Examples:
 the model loaded once, and writes one JSON line per prompt, in the file's order: id, text, tokens (the new token
 ids) and finish_reason, or id and error. --batch-size consecutive prompts (8) are decoded together, left-padded
 to the longest, each row ending on its own. Prompt k of the file (from 0) samples with seed --seed + k (without
---seed, a seed drawn for the run and named on stderr), so the batch size never changes a row: each is what
-`rl generate --seed SEED+k PROMPT` prints. With --ray the batches are spread over --workers actors on a Ray
-cluster (RAY_ADDRESS, else a local instance), one batch per task.
+--seed, a seed drawn for the run and named on stderr), so the batch size does not change a row's draws: each row
+is what `rl generate --seed SEED+k PROMPT` prints, up to rounding (a matmul over more rows may round a logit
+differently, which in bfloat16 and int8 can change a sampled token). With --ray the batches are spread over
+--workers actors on a Ray cluster (RAY_ADDRESS, else a local instance), one batch per task.
 """
 
 
