@@ -302,9 +302,11 @@ def padding_mask(valid: torch.Tensor, steps: int) -> torch.Tensor:
     """Which keys each of the last ``steps`` queries may attend to, [batch, 1, steps, positions], from ``valid``
     [batch, positions] (False = padding): earlier or equal positions that are not padding.
 
-    A query at a padding position would have no key at all, and attention over nothing is NaN, which would then
-    reach every later layer through that position's keys and values (a masked key's value is still multiplied by
-    its zero weight, and 0 x NaN is NaN); such a query attends to itself, finite and never read.
+    A query at a padding position would have no key at all. torch 2.14's CPU kernels return zeros for it, but
+    attention over nothing is NaN in other kernels and versions (transformers unmasks such rows for that reason),
+    and a NaN would reach every later layer through that position's keys and values (a masked key's value is still
+    multiplied by its zero weight, and 0 x NaN is NaN); so such a query attends to itself: finite with any kernel,
+    and never read.
     """
     end = valid.shape[1]
     keys = valid[:, None, None, :]
