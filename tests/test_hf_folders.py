@@ -131,8 +131,14 @@ def test_a_folder_rl_cannot_read_is_one_error_line(rl, tmp_path, content, says):
 
 
 def test_paths_that_are_not_folders_are_one_error_line(rl, tmp_path):
-    (tmp_path / "weights.bin").write_bytes(b"")
-    for path, says in ((tmp_path / "weights.bin", "is a file"), (tmp_path / "absent", "no such model folder")):
+    (tmp_path / "notes.txt").write_text("a file, neither a folder nor a checkpoint", encoding="utf-8")
+    (tmp_path / "weights.bin").write_bytes(b"")  # a checkpoint's name: read as one (test_summary_checkpoint.py)
+    cases = (
+        (tmp_path / "notes.txt", "is a file"),
+        (tmp_path / "weights.bin", "not a checkpoint (the file is empty)"),
+        (tmp_path / "absent", "no such model folder"),
+    )
+    for path, says in cases:
         result = rl("summary", str(path))
         assert result.code == 1 and result.stderr.count("\n") == 1 and says in result.stderr
 
