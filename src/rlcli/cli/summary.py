@@ -29,8 +29,9 @@ HELP = """Show a model's layers, parameters, MACs/FLOPs and memory, counted with
 
 MODEL is a name from `rl models`, timm/NAME or hf/NAME (the optional zoos), a Hugging Face model folder, an rl
 checkpoint file (model.pt, model.safetensors: the architecture, arguments and input it records), or a
-`package.module:callable` or `path/to/file.py:callable` that returns an nn.Module. The model is built on the meta device: vit_h_14 costs no more memory than resnet18. A forward pass
-that reads tensor values (.item(), nonzero) is counted on the CPU instead, and the footer says why and at what cost.
+`package.module:callable` or `path/to/file.py:callable` that returns an nn.Module. The model is built on the meta
+device: vit_h_14 costs no more memory than resnet18. A forward pass that reads tensor values (.item(), nonzero) is
+counted on the CPU instead, and the footer says why and at what cost.
 torchvision's detectors stay on the meta device: their selections (score thresholds, NMS) keep every candidate, so
 heads are counted at the model's caps, and the steps that read values (pasting masks) run on real tensors; the
 footer says which, and what they cost in memory.

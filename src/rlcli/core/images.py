@@ -164,7 +164,9 @@ class ImageBatch:
     problems: list[Problem]
 
 
-class _ImageDataset(torch.utils.data.Dataset):
+class ImageDataset(torch.utils.data.Dataset):
+    """Inputs decoded and preprocessed one by one (a DataLoader's workers, or Ray Data's decoding tasks)."""
+
     def __init__(self, inputs: list[Input], preprocess: Preprocess, draft: bool) -> None:
         self.inputs, self.preprocess, self.draft = inputs, preprocess, draft
 
@@ -219,7 +221,7 @@ def image_batches(
     Memory stays flat: at most ``2 x workers`` batches are decoded ahead of the one in use.
     """
     loader = torch.utils.data.DataLoader(
-        _ImageDataset(inputs, preprocess, draft),
+        ImageDataset(inputs, preprocess, draft),
         batch_size=batch_size,
         num_workers=workers,
         collate_fn=_collate,

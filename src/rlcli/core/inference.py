@@ -77,14 +77,16 @@ def forward_batches(
         for batch in batches:
             outputs = None
             if batch.pixels is not None:
-                outputs = _run_batch(runner, run, batch)
+                outputs = run_batch(runner, run, batch)
             done += len(batch.paths) + len(batch.problems)
             if options.on_progress:
                 options.on_progress(done, len(inputs))
             yield batch, outputs
 
 
-def _run_batch(runner: InferenceModel, run: Callable[[torch.Tensor], Any], batch: ImageBatch) -> Any:
+def run_batch(runner: InferenceModel, run: Callable[[torch.Tensor], Any], batch: ImageBatch) -> Any:
+    """``run`` on one decoded batch, on the runner's device, dtype and memory format (the local path's and each Ray
+    actor's step, so both compute the same numbers)."""
     pixels = batch.pixels.to(runner.device, runner.dtype, non_blocking=True)
     if runner.channels_last:
         pixels = pixels.contiguous(memory_format=torch.channels_last)

@@ -332,11 +332,11 @@ class ImageJob:
             from rlcli.tasks.classify import predictions
 
             return predictions(clf, batch, outputs, self.top_k)
-        from rlcli.tasks.multilabel import _label_sets
+        from rlcli.tasks.multilabel import label_sets
 
         results = list(batch.problems)
         if outputs is not None:
-            results.extend(_label_sets(clf, batch, outputs.sigmoid(), None, self.threshold, self.top_k))
+            results.extend(label_sets(clf, batch, outputs.sigmoid(), None, self.threshold, self.top_k))
         return sorted(results, key=lambda r: r.position)
 
     def row(self, result) -> Row:
@@ -467,13 +467,13 @@ def decode_images(batch: dict, preprocess, draft: bool) -> dict:
     """A Ray Data task: read and preprocess one batch of images exactly as the local DataLoader does."""
     import numpy as np
 
-    from rlcli.core.images import _ImageDataset
+    from rlcli.core.images import ImageDataset
 
     items = [
         Problem(str(path), str(problem)) if problem else Path(file)
         for path, file, problem in zip(batch["path"], batch["file"], batch["problem"], strict=True)
     ]
-    dataset = _ImageDataset(items, preprocess, draft)
+    dataset = ImageDataset(items, preprocess, draft)
     n, crop = len(items), preprocess.crop
     pixels = np.zeros((n, 3, crop, crop), dtype=np.float32)
     ok, reasons, sizes = np.zeros(n, dtype=bool), [""] * n, np.zeros((n, 2), dtype=np.int64)
@@ -524,7 +524,7 @@ class ImageWorker:
         import torch
 
         from rlcli.core.images import ImageBatch
-        from rlcli.core.inference import _run_batch
+        from rlcli.core.inference import run_batch
 
         self.batches += 1
         _exit_once(self.exit_once, self.batches)
@@ -543,7 +543,7 @@ class ImageWorker:
         outputs = None
         if image_batch.pixels is not None:
             with torch.inference_mode():
-                outputs = _run_batch(self.clf.runner, self.clf.runner.model, image_batch)
+                outputs = run_batch(self.clf.runner, self.clf.runner.model, image_batch)
         results = self.job.batch_results(self.clf, image_batch, outputs)
         return {
             "input": np.array([r.position for r in results], dtype=np.int64),

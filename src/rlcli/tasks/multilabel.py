@@ -269,7 +269,7 @@ def recognise(
         results: list[LabelSet | Problem] = list(batch.problems)
         if outputs is not None:
             logits, maps = outputs if with_maps else (outputs, None)
-            results.extend(_label_sets(clf, batch, logits.sigmoid(), maps, threshold, top_k))
+            results.extend(label_sets(clf, batch, logits.sigmoid(), maps, threshold, top_k))
         yield from sorted(results, key=lambda r: r.position)
 
 
@@ -277,7 +277,8 @@ def _of_class(threshold: Thresholds, c: int) -> float:
     return threshold if isinstance(threshold, (int, float)) else threshold[c]
 
 
-def _label_sets(clf, batch: ImageBatch, scores, maps, threshold, top_k) -> Iterator[LabelSet]:
+def label_sets(clf, batch: ImageBatch, scores, maps, threshold, top_k) -> Iterator[LabelSet]:
+    """Each image's labels from its class scores: the top_k, else every class at or above its threshold."""
     for row, (position, path, size) in enumerate(zip(batch.positions, batch.paths, batch.sizes, strict=True)):
         ordered = scores[row].argsort(descending=True, stable=True).tolist()
         chosen = ordered[:top_k] if top_k else [i for i in ordered if scores[row, i] >= _of_class(threshold, i)]
