@@ -228,6 +228,19 @@ def test_classify_reads_label_names_and_a_squash_crop_from_the_cached_config(rl,
     assert [r["probability"] for r in line["top_k"]] == pytest.approx(expected.values.tolist(), abs=1e-5)
 
 
+def test_a_crop_a_fixed_size_models_weights_cannot_take_is_refused_before_any_work(rl, tmp_path):
+    """A ViT's position table fits the input its weights were trained at (timm's fixed_input_size): another --crop
+    is a usage error up front, not a failure inside the forward pass."""
+    tag = "deit_tiny_patch16_224.fb_in1k"
+    cache_timm_model(tmp_path / "hub", random_model(tag), f"timm/{tag}")
+    image = photo(tmp_path / "photo.jpg")
+    result = rl("classify", str(image), "--model", f"timm/{tag}", "--crop", "160")
+    assert result.code == 2, result.stderr
+    assert result.stderr.count("\n") == 1
+    assert "takes 224x224 inputs only" in result.stderr and "--crop 160" in result.stderr
+    assert classify_json(rl, str(image), "--model", f"timm/{tag}", "--crop", "224")  # its own size still runs
+
+
 def test_missing_weights_name_the_hf_download_command(rl, tmp_path):
     image = photo(tmp_path / "photo.jpg")
     result = rl("classify", str(image), "--model", "timm/resnet18.a1_in1k")

@@ -94,6 +94,7 @@ def load_classifier(
         else:
             loaded = load_torchvision_weights(spec, weights)
         preprocess = overrides.apply(loaded.preprocess)
+        _check_fixed_input(loaded, preprocess)
     card = loaded.spec.card
     _check_task(card)
     if preprocess is None:
@@ -111,6 +112,20 @@ def load_classifier(
         channels_last=card.channels_last,
     )
     return Classifier(runner=runner, class_names=names, weights=loaded.weights, info=loaded.info)
+
+
+def _check_fixed_input(loaded, preprocess) -> None:
+    """A model whose weights fix its input (a timm ViT's position table: timm's ``fixed_input_size``) is refused a
+    crop of another size before any image is read, instead of failing inside its forward pass."""
+    cfg = getattr(loaded.model, "pretrained_cfg", None) or {}
+    size = tuple(cfg.get("input_size") or ())
+    if not cfg.get("fixed_input_size") or len(size) != 3 or preprocess is None:
+        return
+    if (preprocess.crop, preprocess.crop) != size[1:]:
+        raise UsageError(
+            f"{loaded.spec.card.name} takes {size[1]}x{size[2]} inputs only (its weights fix the size): "
+            f"--crop {preprocess.crop} does not fit; leave --crop out or give --crop {size[1]}"
+        )
 
 
 def _check_task(card) -> None:
