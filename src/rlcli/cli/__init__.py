@@ -27,9 +27,13 @@ Examples:
   rl summary resnet50 resnext50_32x4d --depth 1
   rl compare --macs 1G               # ResNet vs ResNeXt vs MobileNet at 1 GMACs
   rl summary mypkg.nets:Net --input-size 1x28x28 --json
+  rl summary timm/convnext_tiny --train   # timm's zoo (rlcli[timm]); a training step's cost
   rl generate --top-k 40 "Hello"     # GPT-2 text, streamed
+  rl generate --dtype int8 --prompts prompts.jsonl -o out.jsonl
   rl classify photos/ -m resnet50    # top-5 ImageNet labels
+  rl classify photos/ -m resnet50 -o labels/ --ray   # sharded output, on a Ray cluster
   rl multilabel photos/ -w csra.pth  # CSRA multi-label recognition
+  rl multilabel train labels.csv -o mine.pt   # CSRA heads on your own labels
   rl swa-merge ckpt/*.pt -o swa.pt   # average checkpoints (SWA)
 """
 
