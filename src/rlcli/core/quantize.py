@@ -50,7 +50,7 @@ def dequantize_rows(q: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype = 
 def int8_kernel_applies(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor) -> bool:
     """Whether torch's CPU int8 kernel computes ``x @ (q * scales).T`` correctly (and fast) for these tensors."""
     return (
-        x.device.type == "cpu"
+        x.is_cpu
         and x.dtype == scales.dtype == KERNEL_DTYPE
         and x.shape[-1] % KERNEL_WIDTH_MULTIPLE == 0
         and x.is_contiguous()
@@ -60,13 +60,18 @@ def int8_kernel_applies(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor) 
     )
 
 
+# The op, looked up once: ``torch.ops.aten.<name>`` resolves through two namespace objects on every access (about
+# 1 us, and decoding GPT-2 small calls the kernel 49 times per token).
+_WEIGHT_INT8PACK_MM = getattr(torch.ops.aten, "_weight_int8pack_mm", None)
+
+
 def int8_matmul(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     """``x @ (q * scales[:, None]).T`` over the last dimension of ``x``, in ``x``'s dtype."""
     rows = x.reshape(-1, x.shape[-1])
     if not rows.is_contiguous() or rows.data_ptr() % KERNEL_ALIGNMENT:
         rows = rows.clone(memory_format=torch.contiguous_format)
-    if int8_kernel_applies(rows, q, scales):
-        out = torch.ops.aten._weight_int8pack_mm(rows, q, scales)
+    if _WEIGHT_INT8PACK_MM is not None and int8_kernel_applies(rows, q, scales):
+        out = _WEIGHT_INT8PACK_MM(rows, q, scales)
     else:
         # Elsewhere (CUDA, other widths, other dtypes) the same product, with the weight dequantised on the fly.
         out = F.linear(rows, q.to(x.dtype)) * scales.to(x.dtype)
@@ -90,8 +95,8 @@ class Int8Linear(nn.Module):
         return cls(q, scales, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = int8_matmul(x, self.weight, self.scales)
-        return y if self.bias is None else y.add_(self.bias)
+        y, bias = int8_matmul(x, self.weight, self.scales), self.bias  # a buffer: each read is a module lookup
+        return y if bias is None else y.add_(bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"

@@ -176,10 +176,13 @@ class CausalSelfAttention(nn.Module):
         """``mask`` (bool, [batch, 1, steps, positions so far], True = may attend; ``padding_mask``) replaces the
         causal mask when some rows hold padding."""
         batch, steps, channels = x.shape
-        q, k, v = self.c_attn(x).split(channels, dim=2)
-        q, k, v = (t.view(batch, steps, self.n_head, -1).transpose(1, 2) for t in (q, k, v))
-        if cache is not None and cache.dtype != q.dtype:
-            q, k, v = (t.to(cache.dtype) for t in (q, k, v))  # attention runs in the cache's dtype (cache_dtype)
+        qkv = self.c_attn(x)
+        if cache is not None and cache.dtype != qkv.dtype:
+            # Attention runs in the cache's dtype (cache_dtype): one cast of the fused projection, not three.
+            qkv = qkv.to(cache.dtype)
+        # [batch, heads, steps, head width] views of the projection, as split + view + transpose would give them
+        # (the same strides), in three ops instead of seven.
+        q, k, v = qkv.view(batch, steps, 3, self.n_head, -1).permute(2, 0, 3, 1, 4).unbind(0)
         if cache is None or cache.filled == 0:
             if cache is not None:
                 cache.keys[layer][:, :, :steps] = k
