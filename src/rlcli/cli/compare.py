@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -125,28 +126,18 @@ def compare_command(
     chosen = [f.strip() for f in families.split(",") if f.strip()] if families else None
     with progress_bar() as report:
         if not models and not no_cache:  # result cache (issue 17): a repeated family search is read from disk
-            from rlcli.tasks.cached import compare_cached
-
-            result = compare_cached(
-                budget=macs,
-                families=chosen,
-                groups=groups,
-                input_size=input_size,
-                timing=timing,
-                progress=report,
-                dtype=dtype,
-            )
+            from rlcli.tasks.cached import compare_cached as run
         else:
-            result = compare(
-                models or None,
-                budget=macs,
-                families=chosen,
-                groups=groups,
-                input_size=input_size,
-                timing=timing,
-                progress=report,
-                dtype=dtype,
-            )
+            run = functools.partial(compare, models or None)
+        result = run(
+            budget=macs,
+            families=chosen,
+            groups=groups,
+            input_size=input_size,
+            timing=timing,
+            progress=report,
+            dtype=dtype,
+        )
     from rlcli.tasks.compare import annotate
 
     annotate(result)  # readings and Pareto marks after the timing (a cached search is timed afresh)

@@ -177,60 +177,32 @@ def decode_search(data: Any) -> FamilySearch:
 
 
 def _search(families: list[str], target: int | None, size: tuple[int, ...], groups: int, dtype: str) -> FamilySearch:
-    """``tasks.compare.compare``'s family branch, untimed, keeping each member's configuration
-    (tests/test_summary_cache.py holds the two equal)."""
+    """``tasks.compare.compare``'s family branch, untimed, keeping each member's configuration."""
     from rlcli.core.flops import CONVENTION
-    from rlcli.models.scaled import FamilyConfig
-    from rlcli.tasks.compare import Comparison, _entry_from_summary, _scaled_name, scale_family
-    from rlcli.tasks.summary import summarize_spec
+    from rlcli.tasks.compare import Comparison, default_budget, scaled_entries
 
     notes = []
     if target is None:
-        from rlcli.tasks.compare import count_macs
-
-        target = count_macs(FamilyConfig("resnet", 1.0).build, size)[0]
-        notes.append("budget: ResNet-50's MACs at this input size")
-    entries, members = [], []
-    for family in families:
-        config, member_size, _ = scale_family(family, target, size, groups)
-        stock = config.stock_name() if member_size == size and size[-1] == 224 else None
-        summary = summarize_spec(_scaled_spec(config, member_size), member_size, depth=0, dtype=dtype)
-        knob = config.describe() + ("" if member_size == size else f", input {member_size[-1]} px")
-        entries.append(_entry_from_summary(summary, name=_scaled_name(config), family=family, knob=knob, stock=stock))
-        members.append({**dataclasses.asdict(config), "input_size": list(member_size)})
+        target, note = default_budget(size)
+        notes.append(note)
+    rows = scaled_entries(families, target, size, groups, dtype)
     comparison = Comparison(
-        budget=target, entries=entries, timing=None, convention=CONVENTION, notes=notes, dtype=dtype
+        budget=target, entries=[e for e, _, _ in rows], timing=None, convention=CONVENTION, notes=notes, dtype=dtype
     )
+    members = [{**dataclasses.asdict(config), "input_size": list(s)} for _, config, s in rows]
     return FamilySearch(comparison, members)
 
 
-def _scaled_spec(config, size: tuple[int, ...]):
-    """The spec ``tasks.compare.scaled_entries`` builds for a family member."""
-    from rlcli.models.cards import ModelCard
-    from rlcli.models.registry import ModelSpec
-    from rlcli.tasks.compare import _scaled_name
-
-    card = ModelCard(
-        name=_scaled_name(config), family=config.family, source="rlcli", task="image-classification", default_input=size
-    )
-    return ModelSpec(card=card, builder=lambda input_size, c=config, **kw: c.build(**kw))
-
-
 def _time(result, members: list[dict[str, Any]], timing, progress) -> None:
-    """Time each member, as ``tasks.compare.compare`` times them (same threads setting, same ``time_model``)."""
-    import torch
-
+    """Time each member, as ``tasks.compare.compare`` times them, rebuilt from its stored configuration."""
     from rlcli.models.scaled import FamilyConfig
-    from rlcli.tasks.compare import time_model
+    from rlcli.tasks.compare import scaled_spec, time_rows
 
-    previous = torch.get_num_threads()
-    torch.set_num_threads(timing.threads)
-    try:
-        for entry, member in zip(result.entries, members, strict=True):
-            fields = {k: v for k, v in member.items() if k != "input_size"}
-            time_model(_scaled_spec(FamilyConfig(**fields), tuple(member["input_size"])), entry, timing, progress)
-    finally:
-        torch.set_num_threads(previous)
+    specs = []
+    for member in members:
+        fields = {k: v for k, v in member.items() if k != "input_size"}
+        specs.append(scaled_spec(FamilyConfig(**fields), tuple(member["input_size"])))
+    time_rows(list(zip(result.entries, specs, strict=True)), timing, progress)
     result.timing = timing
 
 

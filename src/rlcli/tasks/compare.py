@@ -220,23 +220,50 @@ def _entry_from_summary(summary, *, name: str, family: str, knob: str, stock: st
 def scaled_entries(
     families: list[str], budget: int, input_size: tuple[int, ...], groups: int, dtype: str = "float32"
 ) -> list[tuple]:
-    """(Entry, builder) for each family scaled to ``budget``."""
-    from rlcli.models.cards import ModelCard
-    from rlcli.models.registry import ModelSpec
+    """(Entry, FamilyConfig, input size) for each family scaled to ``budget``: the configuration and size say how
+    to build the member again (``scaled_spec``), so a cached search can time it without searching."""
     from rlcli.tasks.summary import summarize_spec
 
     rows = []
     for family in families:
         config, size, _ = scale_family(family, budget, input_size, groups)
         stock = config.stock_name() if size == input_size and input_size[-1] == 224 else None
-        card = ModelCard(
-            name=_scaled_name(config), family=family, source="rlcli", task="image-classification", default_input=size
-        )
-        spec = ModelSpec(card=card, builder=lambda input_size, c=config, **kw: c.build(**kw))
-        summary = summarize_spec(spec, size, depth=0, dtype=dtype)
+        summary = summarize_spec(scaled_spec(config, size), size, depth=0, dtype=dtype)
         knob = config.describe() + ("" if size == input_size else f", input {size[-1]} px")
-        rows.append((_entry_from_summary(summary, name=spec.card.name, family=family, knob=knob, stock=stock), spec))
+        entry = _entry_from_summary(summary, name=_scaled_name(config), family=family, knob=knob, stock=stock)
+        rows.append((entry, config, size))
     return rows
+
+
+def scaled_spec(config, size: tuple[int, ...]):
+    """A family member as a model spec (not registered), built from its configuration at ``size``."""
+    from rlcli.models.cards import ModelCard
+    from rlcli.models.registry import ModelSpec
+
+    card = ModelCard(
+        name=_scaled_name(config), family=config.family, source="rlcli", task="image-classification", default_input=size
+    )
+    return ModelSpec(card=card, builder=lambda input_size, c=config, **kw: c.build(**kw))
+
+
+def default_budget(size: tuple[int, ...]) -> tuple[int, str]:
+    """ResNet-50's MACs at ``size``, and the note that says the budget is that."""
+    from rlcli.models.scaled import FamilyConfig
+
+    return count_macs(FamilyConfig("resnet", 1.0).build, size)[0], "budget: ResNet-50's MACs at this input size"
+
+
+def time_rows(rows: list[tuple], timing: Timing, progress: Callable[[str, int, int], None] | None) -> None:
+    """Time each (Entry, spec) row on ``timing.threads`` threads (restored afterwards)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(timing.threads)
+    try:
+        for entry, spec in rows:
+            time_model(spec, entry, timing, progress)
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _scaled_name(config) -> str:
@@ -364,23 +391,13 @@ def compare(
         if unknown:
             raise UsageError(f"unknown family '{unknown[0]}': choose from {', '.join(FAMILIES)}")
         if budget is None:
-            from rlcli.models.scaled import FamilyConfig
-
-            target = count_macs(FamilyConfig("resnet", 1.0).build, size)[0]
-            notes.append("budget: ResNet-50's MACs at this input size")
+            target, note = default_budget(size)
+            notes.append(note)
         else:
             target = parse_macs(budget)
-        rows = scaled_entries(chosen, target, size, groups, dtype)
+        rows = [(e, scaled_spec(c, s)) for e, c, s in scaled_entries(chosen, target, size, groups, dtype)]
     if timing is not None:
-        import torch
-
-        previous = torch.get_num_threads()
-        torch.set_num_threads(timing.threads)
-        try:
-            for entry, spec in rows:
-                time_model(spec, entry, timing, progress)
-        finally:
-            torch.set_num_threads(previous)
+        time_rows(rows, timing, progress)
     result = Comparison(
         budget=target, entries=[e for e, _ in rows], timing=timing, convention=CONVENTION, notes=notes, dtype=dtype
     )
