@@ -36,3 +36,21 @@ def run_measured(code: str, *args: str) -> tuple[float, int, str]:
         raise SystemExit(f"failed: {args}\n{done.stderr[-3000:]}")
     peaks = [line for line in done.stderr.splitlines() if line.startswith("PEAK_RSS_KB=")]
     return wall, int(peaks[-1].split("=")[1]) * 1024, done.stdout
+
+
+def rl_summary_script(prefix: str = "", options: tuple[str, ...] = (), report_torch: bool = False) -> str:
+    """A script for ``run_measured``: ``rl summary PREFIX+ARGV[1] --json OPTIONS`` in-process, as users run it, then
+    the MACs it reports on the last stdout line (after whether torch was imported, with ``report_torch``)."""
+    torch_flag = '"torch" in sys.modules, ' if report_torch else ""
+    return f"""
+import sys, json, io, contextlib
+from rlcli.cli import main
+sys.argv = ["rl", "summary", {prefix!r} + sys.argv[1], "--json", *{list(options)!r}]
+buffer = io.StringIO()
+try:
+    with contextlib.redirect_stdout(buffer):
+        main()
+except SystemExit as exit:
+    assert not exit.code, exit.code
+print({torch_flag}json.loads(buffer.getvalue())["models"][0]["macs"])
+"""

@@ -15,22 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 
-from _measure import run_measured
+from _measure import rl_summary_script, run_measured
 
 # rl runs as users run it (`python -m rlcli summary MODEL`); the peers as short scripts doing the same job: build,
 # count to depth 3, render. Each prints the MACs it reports on its last stdout line. The peers need real weights.
-RL = """
-import sys, json, io, contextlib
-from rlcli.cli import main
-sys.argv = ["rl", "summary", sys.argv[1], "--json", "--no-cache"]
-buffer = io.StringIO()
-try:
-    with contextlib.redirect_stdout(buffer):
-        main()
-except SystemExit as exit:
-    assert not exit.code, exit.code
-print(json.loads(buffer.getvalue())["models"][0]["macs"])
-"""
+RL = rl_summary_script(options=("--no-cache",))
 
 TORCHINFO = """
 import sys, torch, torchvision, torchinfo
@@ -108,10 +97,7 @@ def main() -> None:
 # --- rl summary's result cache (issue 17): cold vs cached ----------------------------------------------------
 
 # As RL, with the cache on; the last line also says whether torch was imported.
-RL_CACHE = RL.replace(', "--no-cache"]', "]").replace(
-    'print(json.loads(buffer.getvalue())["models"][0]["macs"])',
-    'print("torch" in sys.modules, json.loads(buffer.getvalue())["models"][0]["macs"])',
-)
+RL_CACHE = rl_summary_script(report_torch=True)
 
 
 def cache_timings(models: list[str], repeat: int, results: dict) -> None:

@@ -18,20 +18,9 @@ from __future__ import annotations
 
 import argparse
 
-from _measure import run_measured
+from _measure import rl_summary_script, run_measured
 
-RL = """
-import sys, json, io, contextlib
-from rlcli.cli import main
-sys.argv = ["rl", "summary", "timm/" + sys.argv[1], "--json"]
-buffer = io.StringIO()
-try:
-    with contextlib.redirect_stdout(buffer):
-        main()
-except SystemExit as exit:
-    assert not exit.code, exit.code
-print(json.loads(buffer.getvalue())["models"][0]["macs"])
-"""
+RL = rl_summary_script(prefix="timm/")
 
 # benchmark.py's BenchmarkRunner.__init__ + ProfileRunner.run (fvcore branch), pretrained=False, device cpu.
 TIMM_PROFILE = """
