@@ -110,3 +110,15 @@ def without_root_override():
         yield
     finally:
         _set_effective_capabilities(restore=saved)
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread, for modules of many small passes (pytestmark = usefixtures("one_thread")): on a loaded
+    2-core machine two spinning threads make them 2-10x slower; restored afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -14,14 +14,7 @@ from rlcli.core.images import open_rgb
 from rlcli.models.heads.csra import TinyCSRA
 from rlcli.tasks.multilabel import Truth, load_csra, read_labels, tune_thresholds
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a loaded 2-core machine two spinning threads make these small passes much slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: small passes, one intra-op thread
 
 
 def f1_by_hand(scores, truths, c, threshold):

@@ -19,13 +19,7 @@ from rlcli.tasks.multilabel_train import Hooks, TrainSettings, state_path, train
 FAST = ["-m", "csra_tiny", "--lr", "0.05", "--warmup-epochs", "1", "--step-size", "8", "-b", "16"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a loaded 2-core machine two spinning threads make these small steps 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: small passes, one intra-op thread
 
 
 @pytest.fixture(scope="module")

@@ -15,13 +15,7 @@ WIDER = ["Male", "longHair", "sunglass", "Hat", "Tshirt", "longSleeve", "formal"
          "skirt", "faceMask", "logo", "stripe"]  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a loaded 2-core machine two spinning threads make these passes 2-3x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: small passes, one intra-op thread
 
 
 def official_vit_state(width=768, depth=12, grid=14, classes=14, heads=1, seed=0, prefix=""):
