@@ -32,6 +32,7 @@ from torch.nn import functional as F
 
 from rlcli.core.images import Preprocess
 from rlcli.models.cards import Paper
+from rlcli.models.layers import Mlp
 from rlcli.models.registry import register_model
 
 # The official temperature schedules by number of heads (the official code writes T = inf as 99).
@@ -167,15 +168,6 @@ class Attention(nn.Module):
         q, k, v = self.qkv(x).view(batch, tokens, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
         out = F.scaled_dot_product_attention(q, k, v)  # scale head_dim ** -0.5, as the official code's
         return self.proj(out.transpose(1, 2).reshape(batch, tokens, dim))
-
-
-class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1, self.act, self.fc2 = nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
 
 
 class Block(nn.Module):

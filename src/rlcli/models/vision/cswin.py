@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from rlcli.core.images import Preprocess
 from rlcli.errors import ModelRunError
 from rlcli.models.cards import Paper, Published, imagenet_classes
+from rlcli.models.layers import Mlp
 from rlcli.models.registry import register_model
 
 
@@ -85,17 +86,6 @@ class TokensFromMap(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return x.flatten(2).transpose(1, 2)
-
-
-class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.act(self.fc1(x)))
 
 
 class LePEAttention(nn.Module):

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from rlcli.core.images import Preprocess
 from rlcli.errors import ModelRunError
 from rlcli.models.cards import Paper, Published, imagenet_classes
+from rlcli.models.layers import Mlp
 from rlcli.models.registry import register_model
 
 
@@ -96,17 +97,6 @@ class Attention(nn.Module):
         q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
         x = F.scaled_dot_product_attention(q, k, v)  # scale (C / heads) ** -0.5, as the official qk_scale=None
         return self.proj(x.transpose(1, 2).reshape(b, n, c))
-
-
-class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.act(self.fc1(x)))
 
 
 class Block(nn.Module):

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rlcli.models.cards import Paper, Published
+from rlcli.models.layers import Mlp
 from rlcli.models.registry import register_model
 
 PAPER = Paper(
@@ -124,17 +125,6 @@ def relative_position_index(window_size: int) -> Tensor:
     coords = coords.flatten(1)
     relative = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (window_size - 1)
     return relative[:, :, 0] * (2 * window_size - 1) + relative[:, :, 1]
-
-
-class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.act(self.fc1(x)))
 
 
 class WindowAttention(nn.Module):
